@@ -1,0 +1,16 @@
+"""lit_hyperet: a PyTorch Lightning experiment suite for HyperET (hyperbolic radius tuning of visual embeddings)."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["HyperETLitModule", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy so that `import lit_hyperet.geometry` does not pull in Lightning and transformers.
+    if name == "HyperETLitModule":
+        from lit_hyperet.lit_module import HyperETLitModule
+
+        return HyperETLitModule
+    raise AttributeError(name)

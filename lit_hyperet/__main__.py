@@ -1,0 +1,53 @@
+"""``python -m lit_hyperet``: LightningCLI subcommands and the project's tool subcommands under one ``--help``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# Tool subcommands: name -> ("module:function", one-line help). Each function takes ``argv: list[str]`` and returns
+# an exit code. Modules are imported lazily so ``--help`` and light tools start fast.
+TOOLS: dict[str, tuple[str, str]] = {
+    "make-tiny-model": ("lit_hyperet.model.tiny:main", "write a random-initialised tiny LLaVA with tokenizer/processor"),
+    "make-demo-data": ("lit_hyperet.data.demo:main", "write a synthetic dataset in the ScienceQA raw layout"),
+    "scienceqa-score": ("lit_hyperet.scoring:main", "score predictions with the official ScienceQA categories"),
+    "export": ("lit_hyperet.model.export:main", "merge HyperET and LoRA into a plain HF LLaVA dir"),
+    "sweep": ("lit_hyperet.sweep:main", "run a grid of trials as CLI subprocesses under an MLflow parent run"),
+    "radius": ("lit_hyperet.radius:main", "hyperbolic radius analysis of visual tokens"),
+}
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _usage() -> str:
+    lines = ["usage: python -m lit_hyperet <command> [options]", "", "Lightning commands (LightningCLI):"]
+    lines += [f"  {c:<18} see `python -m lit_hyperet {c} --help`" for c in LIGHTNING_COMMANDS]
+    lines += ["", "Tools:"]
+    lines += [f"  {name:<18} {help_}" for name, (_, help_) in TOOLS.items()]
+    return "\n".join(lines)
+
+
+def _load(target: str):
+    module_name, func_name = target.split(":")
+    return getattr(importlib.import_module(module_name), func_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a LightningCLI subcommand or a tool subcommand."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command in TOOLS:
+        return int(_load(TOOLS[command][0])(rest) or 0)
+    if command in LIGHTNING_COMMANDS:
+        from lit_hyperet.cli import cli_main
+
+        cli_main([command, *rest])
+        return 0
+    print(f"unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
