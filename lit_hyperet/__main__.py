@@ -8,7 +8,10 @@ import sys
 # Tool subcommands: name -> ("module:function", one-line help). Each function takes ``argv: list[str]`` and returns
 # an exit code. Modules are imported lazily so ``--help`` and light tools start fast.
 TOOLS: dict[str, tuple[str, str]] = {
-    "make-tiny-model": ("lit_hyperet.model.tiny:main", "write a random-initialised tiny LLaVA with tokenizer/processor"),
+    "make-tiny-model": (
+        "lit_hyperet.model.tiny:main",
+        "write a random-initialised tiny LLaVA with tokenizer/processor",
+    ),
     "make-demo-data": ("lit_hyperet.data.demo:main", "write a synthetic dataset in the ScienceQA raw layout"),
     "scienceqa-score": ("lit_hyperet.scoring:main", "score predictions with the official ScienceQA categories"),
     "export": ("lit_hyperet.export:main", "merge HyperET and LoRA into a plain HF LLaVA dir"),

@@ -1,0 +1,295 @@
+"""HyperET: structured matrices reparametrising frozen vision-encoder weights in the Poincaré ball.
+
+For every adapted ``nn.Linear`` with frozen weight ``W0`` (rows ``w``), the weight used in the forward pass is
+
+* ``hyperbolic``:           ``log0(M ⊗_c exp0(W0))`` with the released code's clamps (paper Eq. 9);
+* ``hyperbolic_no_mobius``: ``log0(proj(exp0(W0) · Mᵀ))`` (plain product inside the ball, the paper's "⊗_c ✗" row);
+* ``euclidean``:            ``W0 · Mᵀ`` (the same parameters without geometry).
+
+Because ``M ⊗_c x = exp0(M · log0(x))``, the ``hyperbolic`` weight equals ``W0 · Mᵀ`` exactly whenever no clamp fires
+(at c = 0.01 that needs ``‖M w‖ ≳ 38``; real CLIP rows have norm ≈ 1). The implementation uses that identity as an
+exact fast path for the rows that are safely away from every clamp and runs the clamped chain on the others;
+:func:`hyperet_report` says, per adapted weight, how far the result is from ``W0 · Mᵀ`` and on how many rows a clamp
+fired.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from lit_hyperet.geometry import (
+    PROJECT_EPS,
+    at_least_fp32,
+    compute_dtype,
+    exp0,
+    log0,
+    project,
+    released_chain_clamp_mask,
+    released_hyperbolic_chain,
+)
+from lit_hyperet.structured import (
+    BandedMatrix,
+    BlockDiagonalMatrix,
+    DiagonalMatrix,
+    FullMatrix,
+    StructuredMatrix,
+)
+
+Variant = Literal["diagonal", "block_diagonal", "banded", "full"]
+Space = Literal["hyperbolic", "hyperbolic_no_mobius", "euclidean"]
+VARIANTS: tuple[str, ...] = ("diagonal", "block_diagonal", "banded", "full")
+SPACES: tuple[str, ...] = ("hyperbolic", "hyperbolic_no_mobius", "euclidean")
+
+#: q and v projections of transformers vision towers: CLIP / SigLIP (``encoder.layers.N.self_attn.{q,v}_proj``) and
+#: DINOv2 (``encoder.layer.N.attention.{q,v}_proj``, older releases ``attention.attention.{query,value}``). The
+#: look-ahead keeps a whole LLaVA's language model (``language_model``) and CLIP text towers (``text_model``) out.
+DEFAULT_TARGETS = (
+    r"^(?!.*(?:language_model|text_model))"
+    r"(?:.*\.)?encoder\.layers?\.\d+\.(?:self_attn|attention(?:\.attention)?)\.(?:q_proj|v_proj|query|value)$"
+)
+DEFAULT_BLOCK_SIZE = 4  # released block-diagonal setting
+# Rows within this relative margin of a clamp take the clamped chain, so rounding cannot flip the fast path's choice.
+FAST_PATH_MARGIN = 1e-3
+
+
+@dataclass
+class HyperETConfig:
+    """Which Linears HyperET adapts and how.
+
+    Args:
+        variant: structure of ``M``: ``diagonal`` (n params), ``block_diagonal`` (n·b), ``banded``
+            ((2d+1)n − d(d+1)) or ``full`` (n²).
+        num_blocks: block count for ``block_diagonal`` (give this or ``block_size``; must divide n).
+        block_size: block side length for ``block_diagonal`` (default 4, the released setting; must divide n).
+        band_width: band width d for ``banded`` (released: 2).
+        space: ``hyperbolic`` (paper Eq. 9), ``hyperbolic_no_mobius`` or ``euclidean`` (``W0·Mᵀ``).
+        curvature: c > 0 of the Poincaré ball (released: 0.01).
+        learn_curvature: learn c per adapted weight (a 1-D parameter kept positive with softplus).
+        targets: regex searched in the qualified names of ``nn.Linear`` modules.
+        fast_path: use the exact identity ``log0(M ⊗_c exp0(w)) = M·w`` on rows where no clamp can fire.
+    """
+
+    variant: Variant = "diagonal"
+    num_blocks: int | None = None
+    block_size: int | None = None
+    band_width: int = 2
+    space: Space = "hyperbolic"
+    curvature: float = 0.01
+    learn_curvature: bool = False
+    targets: str = DEFAULT_TARGETS
+    fast_path: bool = True
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown HyperET variant {self.variant!r}; valid: {', '.join(VARIANTS)}")
+        if self.space not in SPACES:
+            raise ValueError(f"unknown HyperET space {self.space!r}; valid: {', '.join(SPACES)}")
+        if not self.curvature > 0:
+            raise ValueError(f"curvature must be > 0, got {self.curvature}")
+        if self.num_blocks is not None and self.block_size is not None:
+            raise ValueError(f"give num_blocks ({self.num_blocks}) or block_size ({self.block_size}), not both")
+        if self.band_width < 0:
+            raise ValueError(f"band_width must be >= 0, got {self.band_width}")
+        re.compile(self.targets)
+
+    def block_size_for(self, n: int) -> int:
+        """Block side length for an n×n matrix; a count or size that does not divide n is a ``ValueError``."""
+        if self.num_blocks is not None:
+            if self.num_blocks < 1 or n % self.num_blocks:
+                raise ValueError(f"block_diagonal: num_blocks {self.num_blocks} does not divide the matrix size {n}")
+            return n // self.num_blocks
+        size = self.block_size if self.block_size is not None else DEFAULT_BLOCK_SIZE
+        if size < 1 or n % size:
+            raise ValueError(f"block_diagonal: block_size {size} does not divide the matrix size {n}")
+        return size
+
+    def build_matrix(self, n: int) -> StructuredMatrix:
+        """An identity-initialised structured matrix of size n."""
+        if self.variant == "diagonal":
+            return DiagonalMatrix(n)
+        if self.variant == "block_diagonal":
+            return BlockDiagonalMatrix(n, self.block_size_for(n))
+        if self.variant == "banded":
+            return BandedMatrix(n, self.band_width)
+        return FullMatrix(n)
+
+
+def hyperbolic_weight(
+    w0: torch.Tensor, apply_m: Callable[[torch.Tensor], torch.Tensor], c: float | torch.Tensor, fast_path: bool = True
+) -> torch.Tensor:
+    """``log0(M ⊗_c exp0(W0))`` with the released clamps; with ``fast_path`` the clamp-free rows use ``M·w``."""
+    if not fast_path:
+        return released_hyperbolic_chain(w0, apply_m, c)
+
+    @at_least_fp32
+    def _mixed(w: torch.Tensor) -> torch.Tensor:
+        mw = apply_m(w)
+        slow = released_chain_clamp_mask(w, mw, c, margin=FAST_PATH_MARGIN)
+        if not bool(slow.any()):
+            return mw
+        rows = slow.nonzero().squeeze(1)
+        return mw.index_copy(0, rows, released_hyperbolic_chain(w.index_select(0, rows), apply_m, c))
+
+    return _mixed(w0)
+
+
+@at_least_fp32
+def _no_mobius_weight(w0: torch.Tensor, apply_m: Callable[[torch.Tensor], torch.Tensor], c) -> torch.Tensor:
+    return log0(project(apply_m(exp0(w0, c)), c, eps=PROJECT_EPS), c)
+
+
+@at_least_fp32
+def _euclidean_weight(w0: torch.Tensor, apply_m: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    return apply_m(w0)
+
+
+def _softplus_inverse(x: float) -> float:
+    return x + math.log(-math.expm1(-x))
+
+
+class HyperETWeight(nn.Module):
+    """Parametrization on an adapted Linear's ``weight``: maps the frozen ``W0`` to the adapted weight."""
+
+    def __init__(self, in_features: int, config: HyperETConfig) -> None:
+        super().__init__()
+        self.space: str = config.space
+        self.fast_path = config.fast_path
+        self.matrix = config.build_matrix(in_features)
+        self._fixed_curvature = float(config.curvature)
+        if config.learn_curvature:
+            # 1-D (FSDP refuses 0-d parameters) and positive through softplus.
+            self.curvature_raw = nn.Parameter(torch.full((1,), _softplus_inverse(config.curvature)))
+        else:
+            self.curvature_raw = None
+
+    def curvature(self) -> float | torch.Tensor:
+        """c (a 1-element tensor when learnable, else a float)."""
+        if self.curvature_raw is None:
+            return self._fixed_curvature
+        return nn.functional.softplus(self.curvature_raw.float())
+
+    def euclidean(self, w0: torch.Tensor) -> torch.Tensor:
+        """``W0 · Mᵀ`` (what every space reduces to when no clamp fires)."""
+        return _euclidean_weight(w0, self.matrix.apply)
+
+    def forward(self, w0: torch.Tensor) -> torch.Tensor:
+        """The adapted weight, computed in >= float32 and returned in ``w0``'s dtype."""
+        c = self.curvature()
+        if self.space == "hyperbolic":
+            return hyperbolic_weight(w0, self.matrix.apply, c, self.fast_path)
+        if self.space == "hyperbolic_no_mobius":
+            return _no_mobius_weight(w0, self.matrix.apply, c)
+        return self.euclidean(w0)
+
+    @torch.no_grad()
+    def clamp_fraction(self, w0: torch.Tensor) -> float:
+        """Fraction of rows of ``W0`` on which a clamp of this space fires."""
+        c = self.curvature()
+        w = w0.to(compute_dtype(w0))
+        if self.space == "hyperbolic":
+            fired = released_chain_clamp_mask(w, self.matrix.apply(w), c)
+        elif self.space == "hyperbolic_no_mobius":
+            cf = float(c.reshape(-1)[0]) if isinstance(c, torch.Tensor) else c
+            ball = self.matrix.apply(exp0(w, c))
+            fired = ball.norm(dim=-1) > (1 - PROJECT_EPS) / math.sqrt(cf)
+        else:
+            return 0.0
+        return float(fired.float().mean())
+
+    def extra_repr(self) -> str:
+        learn = " (learnable)" if self.curvature_raw is not None else ""
+        return f"space={self.space}, c={float(torch.as_tensor(self.curvature()).reshape(-1)[0]):g}{learn}"
+
+
+def _hyperet_of(module: nn.Module) -> HyperETWeight | None:
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    return next((p for p in module.parametrizations.weight if isinstance(p, HyperETWeight)), None)
+
+
+def adapted_modules(model: nn.Module) -> Iterator[tuple[str, nn.Linear, HyperETWeight]]:
+    """``(qualified name, Linear, parametrization)`` for every HyperET-adapted Linear in ``model``."""
+    for name, module in model.named_modules():
+        hw = _hyperet_of(module)
+        if hw is not None:
+            yield name, module, hw
+
+
+def apply_hyperet(model: nn.Module, config: HyperETConfig) -> list[str]:
+    """Register HyperET on ``weight`` of every ``nn.Linear`` whose qualified name matches ``config.targets``.
+
+    W0 (``module.parametrizations.weight.original``) is frozen, ``M`` (and c when learnable) are trainable; no other
+    parameter's ``requires_grad`` changes. Returns the adapted names; raises ``ValueError`` when nothing matches.
+    """
+    pattern = re.compile(config.targets)
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    matches = [(n, m) for n, m in linears if pattern.search(n)]
+    if not matches:
+        shown = ", ".join(n for n, _ in linears[:40]) + (" …" if len(linears) > 40 else "")
+        raise ValueError(f"HyperET targets {config.targets!r} match no nn.Linear; candidates ({len(linears)}): {shown}")
+    for name, module in matches:
+        if _hyperet_of(module) is not None:
+            raise ValueError(f"{name} already carries a HyperET parametrization")
+        weight = module.weight
+        hw = HyperETWeight(module.in_features, config).to(device=weight.device)
+        parametrize.register_parametrization(module, "weight", hw)
+        module.parametrizations.weight.original.requires_grad_(False)
+    return [n for n, _ in matches]
+
+
+def merge_hyperet(model: nn.Module) -> list[str]:
+    """Bake every adapted weight into a plain (frozen) ``weight`` parameter and remove the parametrizations."""
+    merged = []
+    with torch.no_grad():
+        for name, module, _ in list(adapted_modules(model)):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            module.weight.requires_grad_(False)
+            merged.append(name)
+    return merged
+
+
+def hyperet_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The trainable HyperET parameters (``M`` entries and learnable curvatures) with their qualified names."""
+    out = []
+    for name, module, hw in adapted_modules(model):
+        prefix = f"{name}.parametrizations.weight.{list(module.parametrizations.weight).index(hw)}."
+        out += [(prefix + n, p) for n, p in hw.named_parameters()]
+    return out
+
+
+@torch.no_grad()
+def hyperet_report(model: nn.Module) -> dict[str, dict[str, float | int]]:
+    """Per adapted module: ``params`` (trainable HyperET entries), ``identity_deviation`` ``‖W − W0·Mᵀ‖/‖W0·Mᵀ‖``
+    and ``clamp_fraction`` (rows on which a clamp fired)."""
+    report: dict[str, dict[str, float | int]] = {}
+    for name, module, hw in adapted_modules(model):
+        w0 = module.parametrizations.weight.original
+        w = hw(w0).to(compute_dtype(w0))
+        ref = hw.euclidean(w0).to(w.dtype)
+        report[name] = {
+            "params": sum(p.numel() for p in hw.parameters()),
+            "identity_deviation": float((w - ref).norm() / ref.norm().clamp_min(torch.finfo(ref.dtype).tiny)),
+            "clamp_fraction": hw.clamp_fraction(w0),
+        }
+    return report
+
+
+def summarize_report(report: dict[str, dict[str, float | int]]) -> dict[str, float | int]:
+    """Totals over modules: adapted count, params, max identity deviation and mean clamp fraction."""
+    if not report:
+        return {"adapted_modules": 0, "params": 0, "identity_deviation_max": 0.0, "clamp_fraction_mean": 0.0}
+    values = list(report.values())
+    return {
+        "adapted_modules": len(values),
+        "params": int(sum(v["params"] for v in values)),
+        "identity_deviation_max": max(float(v["identity_deviation"]) for v in values),
+        "clamp_fraction_mean": sum(float(v["clamp_fraction"]) for v in values) / len(values),
+    }
