@@ -178,15 +178,15 @@ class HyperETWeight(nn.Module):
 
     def euclidean(self, w0: torch.Tensor) -> torch.Tensor:
         """``W0 · Mᵀ`` (what every space reduces to when no clamp fires)."""
-        return _euclidean_weight(w0, self.matrix.apply)
+        return _euclidean_weight(w0, self.matrix)
 
     def forward(self, w0: torch.Tensor) -> torch.Tensor:
         """The adapted weight, computed in >= float32 and returned in ``w0``'s dtype."""
         c = self.curvature()
         if self.space == "hyperbolic":
-            return hyperbolic_weight(w0, self.matrix.apply, c, self.fast_path)
+            return hyperbolic_weight(w0, self.matrix, c, self.fast_path)
         if self.space == "hyperbolic_no_mobius":
-            return _no_mobius_weight(w0, self.matrix.apply, c)
+            return _no_mobius_weight(w0, self.matrix, c)
         return self.euclidean(w0)
 
     @torch.no_grad()
@@ -195,10 +195,10 @@ class HyperETWeight(nn.Module):
         c = self.curvature()
         w = w0.to(compute_dtype(w0))
         if self.space == "hyperbolic":
-            fired = released_chain_clamp_mask(w, self.matrix.apply(w), c)
+            fired = released_chain_clamp_mask(w, self.matrix(w), c)
         elif self.space == "hyperbolic_no_mobius":
             cf = float(c.reshape(-1)[0]) if isinstance(c, torch.Tensor) else c
-            ball = self.matrix.apply(exp0(w, c))
+            ball = self.matrix(exp0(w, c))
             fired = ball.norm(dim=-1) > (1 - PROJECT_EPS) / math.sqrt(cf)
         else:
             return 0.0

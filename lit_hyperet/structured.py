@@ -1,6 +1,6 @@
 """Identity-initialised structured matrices ``M`` (n×n) applied to the rows of a weight without densifying ``M``.
 
-``apply(x)`` computes ``x @ Mᵀ`` (each row ``w`` becomes ``M·w``); ``dense()`` builds the n×n matrix and exists for
+``matrix(x)`` (forward) computes ``x @ Mᵀ`` (each row ``w`` becomes ``M·w``); ``dense()`` builds the n×n matrix and exists for
 tests, reports and merging only.
 """
 
@@ -15,13 +15,13 @@ class StructuredMatrix(nn.Module):
 
     n: int
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - documented in the module docstring
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - documented in the module docstring
         raise NotImplementedError
 
     def dense(self) -> torch.Tensor:
         """The matrix as a dense ``(n, n)`` tensor."""
         eye = torch.eye(self.n, dtype=self._dtype(), device=self._device())
-        return self.apply(eye).T
+        return self(eye).T
 
     def num_parameters(self) -> int:
         """Number of learnable entries."""
@@ -42,7 +42,7 @@ class DiagonalMatrix(StructuredMatrix):
         self.n = n
         self.diag = nn.Parameter(torch.ones(n, dtype=torch.float32))
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Broadcast multiply: ``x * d``."""
         return x * self.diag.to(x.dtype)
 
@@ -58,7 +58,7 @@ class BlockDiagonalMatrix(StructuredMatrix):
         eye = torch.eye(block_size, dtype=torch.float32)
         self.blocks = nn.Parameter(eye.repeat(self.num_blocks, 1, 1))
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Batched matmul on a ``(rows, r, b)`` view: block ``k`` of each row becomes ``B_k · x_k``."""
         lead = x.shape[:-1]
         xb = x.reshape(-1, self.num_blocks, self.block_size).transpose(0, 1)  # (r, rows, b)
@@ -91,7 +91,7 @@ class BandedMatrix(StructuredMatrix):
             out[k], out[-k] = parts[2 * k - 1], parts[2 * k]
         return out
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Sum of shifted diagonals: ``(M·x)_i = Σ_k M[i, i+k] x_{i+k}``."""
         n = self.n
         diags = {k: v.to(x.dtype) for k, v in self.diagonals().items()}
@@ -110,7 +110,7 @@ class FullMatrix(StructuredMatrix):
         self.n = n
         self.weight = nn.Parameter(torch.eye(n, dtype=torch.float32))
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ Mᵀ``."""
         return x @ self.weight.to(x.dtype).T
 

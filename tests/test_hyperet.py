@@ -40,7 +40,7 @@ def perturb(module: nn.Module, scale: float = 0.1, seed: int = 0) -> None:
 
 
 def dense_reference(matrix: nn.Module) -> torch.Tensor:
-    """The n×n matrix built independently of ``apply``."""
+    """The n×n matrix built independently of the forward."""
     if isinstance(matrix, DiagonalMatrix):
         return torch.diag(matrix.diag)
     if isinstance(matrix, BlockDiagonalMatrix):
@@ -51,13 +51,13 @@ def dense_reference(matrix: nn.Module) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("variant", list(VARIANT_KWARGS))
-def test_structured_apply_equals_dense_reference(variant: str) -> None:
+def test_structured_forward_equals_dense_reference(variant: str) -> None:
     matrix = HyperETConfig(variant=variant, **VARIANT_KWARGS[variant]).build_matrix(16).double()
     assert torch.equal(matrix.dense(), torch.eye(16, dtype=torch.float64))  # identity-initialised
     perturb(matrix)
     x = torch.randn(7, 16, dtype=torch.float64)
     ref = dense_reference(matrix)
-    assert torch.allclose(matrix.apply(x), x @ ref.T, atol=1e-13, rtol=0)
+    assert torch.allclose(matrix(x), x @ ref.T, atol=1e-13, rtol=0)
     assert torch.allclose(matrix.dense(), ref, atol=1e-13, rtol=0)
 
 
@@ -145,7 +145,7 @@ def test_identity_breaks_when_clamps_fire_and_report_says_so(variant: str) -> No
     expected = w0 @ hw.matrix.dense().to(w0.dtype).T
     assert (linear.weight - expected).norm() / expected.norm() > 0.05
     # the fast path and the full clamped chain agree exactly on the clamped rows too
-    assert torch.allclose(linear.weight, hyperbolic_weight(w0, hw.matrix.apply, 0.01, fast_path=False), atol=1e-12)
+    assert torch.allclose(linear.weight, hyperbolic_weight(w0, hw.matrix, 0.01, fast_path=False), atol=1e-12)
     report = hyperet_report(model)["encoder.layers.0.self_attn.q_proj"]
     assert report["identity_deviation"] > 0.05
     assert 0.0 < report["clamp_fraction"] < 1.0
