@@ -36,6 +36,7 @@ def _load(target: str):
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a LightningCLI subcommand or a tool subcommand."""
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     if command in LIGHTNING_COMMANDS:
         from lit_hyperet.cli import cli_main
 
-        cli_main([command, *rest])
+        # From the shell LightningCLI reads sys.argv itself (it warns when given both).
+        cli_main(None if from_command_line else [command, *rest])
         return 0
     print(f"unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     return 2

@@ -1,0 +1,90 @@
+"""LightningCLI for ``fit | validate | test | predict``, with MLflow on sqlite by default."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from jsonargparse import lazy_instance
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import MLFlowLogger
+
+from lit_hyperet.callbacks import PredictionWriter
+from lit_hyperet.lit_module import HyperETLitModule
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "lit_hyperet"
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else a sqlite store ``mlflow.db`` in the working directory.
+
+    (MLflow ≥ 3.13 refuses the ``./mlruns`` file store that ``MLFlowLogger`` would otherwise default to.)
+    """
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+class MLflowSaveConfigCallback(SaveConfigCallback):
+    """Logs the resolved ``config.yaml`` as an artifact of every MLflow run of the trainer.
+
+    The stock callback writes to ``trainer.log_dir``, which is ``None`` for MLflow's sqlite/http stores (a bare
+    ``AssertionError``) and one shared ``./mlruns`` folder for the file store; this one needs neither.
+    """
+
+    def __init__(
+        self,
+        parser: LightningArgumentParser,
+        config: Any,
+        config_filename: str = "config.yaml",
+        overwrite: bool = False,
+        multifile: bool = False,
+        save_to_log_dir: bool = False,
+    ) -> None:
+        super().__init__(parser, config, config_filename, overwrite, multifile, save_to_log_dir=False)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        text = self.parser.dump(self.config, skip_none=False)
+        for logger in trainer.loggers:
+            if isinstance(logger, MLFlowLogger):
+                logger.experiment.log_text(logger.run_id, text, self.config_filename)
+
+
+class HyperETCLI(LightningCLI):
+    """LightningCLI with the model's processor linked into the datamodule and project defaults."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The model dir is named once: the datamodule takes the tokenizer and image processor from the model.
+        parser.link_arguments("model.processor", "data.init_args.processor", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.set_defaults(
+            {
+                "checkpoint.dirpath": "outputs/checkpoints",
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": 0,
+                "lr_monitor.logging_interval": "step",
+                "prediction_writer.output_path": "outputs/predictions.json",
+                "trainer.default_root_dir": "outputs",
+                "trainer.logger": lazy_instance(
+                    MLFlowLogger, experiment_name=DEFAULT_EXPERIMENT, tracking_uri=tracking_uri()
+                ),
+            }
+        )
+
+
+def cli_main(args: ArgsType = None, run: bool = True) -> HyperETCLI:
+    """Entry point of ``python -m lit_hyperet fit|validate|test|predict``."""
+    return HyperETCLI(
+        HyperETLitModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=MLflowSaveConfigCallback,
+        auto_configure_optimizers=False,
+        args=args,
+        run=run,
+        parser_kwargs={"parser_mode": "yaml"},
+    )

@@ -1,0 +1,29 @@
+"""``python -m lit_hyperet export --ckpt FILE --out DIR``: a plain Hugging Face LLaVA dir from a training checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lit_hyperet.lit_module import HyperETLitModule
+from lit_hyperet.model import merge_and_save
+
+
+def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
+    """Rebuild the module from ``ckpt`` (trainable tensors on the frozen model), merge HyperET and LoRA, save."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint {str(ckpt)!r} does not exist")
+    module = HyperETLitModule.load_from_checkpoint(ckpt, map_location="cpu")
+    return merge_and_save(module.llava, module.processor, out)
+
+
+def main(argv: list[str]) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m lit_hyperet export", description=__doc__)
+    parser.add_argument("--ckpt", required=True, help="a checkpoint written by `fit` (e.g. .../last.ckpt)")
+    parser.add_argument("--out", required=True, help="output dir (safetensors weights + processor)")
+    args = parser.parse_args(argv)
+    out = export_checkpoint(args.ckpt, args.out)
+    print(f"exported a plain LLaVA model to {out}")
+    return 0

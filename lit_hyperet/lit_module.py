@@ -1,0 +1,244 @@
+"""``HyperETLitModule``: a LLaVA model with HyperET on the frozen vision tower, a projector and a LoRA-tuned LLM."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from lit_hyperet.hyperet import HyperETConfig, hyperet_report, summarize_report
+from lit_hyperet.model import LoraSettings, ModelSource, build_llava, count_parameters, trainable_groups
+from lit_hyperet.schedule import WarmupCosineLR
+from lit_hyperet.specs import callable_from_spec, instantiate, is_spec, to_spec
+
+log = logging.getLogger(__name__)
+
+OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+def _as_source(value: ModelSource | dict[str, Any]) -> ModelSource:
+    if isinstance(value, ModelSource):
+        return value
+    if is_spec(value):
+        return instantiate(value)
+    raise TypeError(f"model must be a ModelSource or a class_path/init_args dict, got {value!r}")
+
+
+def _as_dataclass(value: Any, cls: type) -> Any:
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return cls(**value)
+    raise TypeError(f"expected {cls.__name__}, a dict of its fields, or None; got {value!r}")
+
+
+def _as_factory(value: Any) -> Any:
+    return callable_from_spec(value) if is_spec(value) else value
+
+
+class HyperETLitModule(pl.LightningModule):
+    """Trains HyperET matrices, the projector and LoRA on a LLaVA model; evaluates by greedy generation.
+
+    Args:
+        model: where the LLaVA model comes from (``PretrainedLlava``, ``LlavaFromParts`` or ``TinyLlava``).
+        hyperet: the HyperET configuration; ``None`` trains the baseline without HyperET.
+        train_projector: train the multimodal projector.
+        lora: LoRA on the language model (never the vision tower or projector); ``None`` keeps the LLM frozen.
+        optimizer: optimiser factory taking parameter groups (LightningCLI ``class_path`` style).
+        lr_scheduler: scheduler factory taking the optimiser; ``WarmupCosineLR`` gets its total steps from the
+            trainer when its ``total_steps`` is -1.
+        hyperet_lr: learning rate of the HyperET matrices (paper's ScienceQA recipe: 1.125e-3).
+        projector_lr: learning rate of the projector.
+        lora_lr: learning rate of the LoRA matrices.
+        weight_decay: decoupled weight decay for parameters with ≥ 2 dims (1-D parameters get none).
+        max_new_tokens: greedy generation length in validation/test/predict (a datamodule's
+            ``eval_max_new_tokens``, e.g. 1 for answer-prefix decoding, takes precedence).
+        gradient_checkpointing: activation checkpointing inside the transformers model.
+    """
+
+    def __init__(
+        self,
+        model: ModelSource,
+        hyperet: HyperETConfig | None = None,
+        train_projector: bool = True,
+        lora: LoraSettings | None = None,
+        optimizer: OptimizerFactory = torch.optim.AdamW,
+        lr_scheduler: SchedulerFactory = WarmupCosineLR,
+        hyperet_lr: float = 1.125e-3,
+        projector_lr: float = 2e-4,
+        lora_lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        max_new_tokens: int = 32,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        # LightningCLI hands over its parsed (plain) config; objects built in Python are converted so that checkpoints
+        # load with torch.load(weights_only=True).
+        for key, value in list(self.hparams.items()):
+            self.hparams[key] = to_spec(value)
+        self.source = _as_source(model)
+        self.hyperet_config: HyperETConfig | None = _as_dataclass(hyperet, HyperETConfig)
+        self.lora_settings: LoraSettings | None = _as_dataclass(lora, LoraSettings)
+        self.optimizer_factory = _as_factory(optimizer)
+        self.scheduler_factory = _as_factory(lr_scheduler)
+        self.processor = self.source.load_processor()
+        self.llava: nn.Module | None = None
+        self.val_metric: Any = None
+        self.test_metric: Any = None
+        # Checkpoints hold only the trainable tensors; load_state_dict checks that exactly those are present.
+        self.strict_loading = False
+
+    # ------------------------------------------------------------------------------------------------ model
+
+    def configure_model(self) -> None:
+        """Build the model once (under FSDP this runs inside the strategy's init context)."""
+        if self.llava is not None:
+            return
+        self.llava = build_llava(
+            self.source,
+            hyperet=self.hyperet_config,
+            train_projector=self.hparams.train_projector,
+            lora=self.lora_settings,
+            gradient_checkpointing=self.hparams.gradient_checkpointing,
+        )
+        self.llava.train()  # from_pretrained returns eval mode; Lightning switches modes per loop from here
+
+    def forward(self, **batch: Any) -> Any:
+        """The transformers model's forward."""
+        return self.llava(**batch)
+
+    def trainable_state_keys(self) -> set[str]:
+        """State-dict keys of the trainable tensors (what checkpoints hold)."""
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only trainable tensors (HyperET, projector, LoRA)."""
+        keep = self.trainable_state_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load a trainable-only state dict onto the rebuilt frozen model; any other key set is an error."""
+        self.configure_model()
+        expected, given = self.trainable_state_keys(), set(state_dict)
+        if given != expected:
+            missing, unexpected = sorted(expected - given), sorted(given - expected)
+            raise RuntimeError(
+                f"checkpoint does not match the trainable parameters: missing {missing[:10]} ({len(missing)}), "
+                f"unexpected {unexpected[:10]} ({len(unexpected)})"
+            )
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        frozen = set(self.state_dict()) - expected
+        if set(result.missing_keys) != frozen:
+            raise RuntimeError(
+                f"keys left unloaded are not the frozen ones: {sorted(set(result.missing_keys) ^ frozen)[:10]}"
+            )
+        return result
+
+    # ------------------------------------------------------------------------------------------------ optimisation
+
+    def configure_optimizers(self) -> Any:
+        """Parameter groups HyperET / projector / LoRA with their own lr; no weight decay on 1-D parameters."""
+        lrs = {"hyperet": self.hparams.hyperet_lr, "projector": self.hparams.projector_lr, "lora": self.hparams.lora_lr}
+        groups = []
+        for name, params in trainable_groups(self.llava).items():
+            for decay in (True, False):
+                chosen = [p for _, p in params if p.requires_grad and (p.dim() >= 2) == decay]
+                if chosen:
+                    wd = self.hparams.weight_decay if decay else 0.0
+                    suffix = "" if decay else "_no_decay"
+                    groups.append({"params": chosen, "lr": lrs[name], "weight_decay": wd, "name": name + suffix})
+        if not groups:
+            raise ValueError("nothing to train: enable HyperET, the projector or LoRA")
+        optimizer = self.optimizer_factory(groups)
+        scheduler = self.scheduler_factory(optimizer)
+        if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps < 0:
+            scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------------------ steps
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """LM loss on the tokens the batch's ``labels`` mark."""
+        out = self.llava(**self._model_inputs(batch), labels=batch["labels"])
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return out.loss
+
+    def _metric(self, stage: str) -> Any:
+        """The stage's metric, built on first use by the datamodule's ``build_metric`` (exact match without one)."""
+        attr = f"{stage}_metric"
+        if getattr(self, attr) is None:
+            datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+            build = getattr(datamodule, "build_metric", None)
+            if build is None:
+                from lit_hyperet.metrics import ExactMatchAccuracy as build  # a datamodule without its own metric
+            setattr(self, attr, build().to(self.device))
+        return getattr(self, attr)
+
+    def generate_texts(self, batch: dict[str, Any]) -> list[str]:
+        """Greedy generation from left-padded prompts; returns the decoded new tokens."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        max_new = getattr(datamodule, "eval_max_new_tokens", None) or self.hparams.max_new_tokens
+        tokenizer = self.processor.tokenizer
+        inputs = self._model_inputs(batch)
+        generated = self.llava.generate(
+            **inputs,
+            max_new_tokens=max_new,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        new_tokens = generated[:, inputs["input_ids"].shape[1] :]
+        return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._metric("val").update(self.generate_texts(batch), batch["meta"])
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._metric("test").update(self.generate_texts(batch), batch["meta"])
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
+        return [{"id": i, "text": t} for i, t in zip(batch["ids"], self.generate_texts(batch), strict=True)]
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metric("val", self._metric("val"))
+        self._log_hyperet_report()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metric("test", self._metric("test"))
+        self._log_hyperet_report()
+
+    def on_fit_start(self) -> None:
+        """Log trainable-parameter counts and what HyperET adapted as run parameters."""
+        if self.logger is None:
+            return
+        counts = {f"params/{k}": v for k, v in count_parameters(self.llava).items()}
+        summary = summarize_report(hyperet_report(self.llava))
+        counts["params/hyperet_adapted_modules"] = summary["adapted_modules"]
+        self.logger.log_hyperparams(counts)
+
+    # ------------------------------------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if batch.get("pixel_values") is not None:
+            inputs["pixel_values"] = batch["pixel_values"]
+        return inputs
+
+    def _log_metric(self, stage: str, metric: Any) -> None:
+        results = metric.compute()
+        self.log_dict({f"{stage}/{k}": v for k, v in results.items()}, sync_dist=False)
+        metric.reset()
+
+    def _log_hyperet_report(self) -> None:
+        if self.hyperet_config is None or self.trainer.sanity_checking:
+            return
+        summary = summarize_report(hyperet_report(self.llava))
+        self.log("hyperet/identity_deviation_max", float(summary["identity_deviation_max"]))
+        self.log("hyperet/clamp_fraction_mean", float(summary["clamp_fraction_mean"]))
