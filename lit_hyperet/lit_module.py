@@ -21,6 +21,15 @@ OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
+_WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def _clean_name(name: str) -> str:
+    for segment in _WRAPPER_SEGMENTS:
+        name = name.replace(segment, "")
+    return name
+
+
 def _as_source(value: ModelSource | dict[str, Any]) -> ModelSource:
     if isinstance(value, ModelSource):
         return value
@@ -114,8 +123,11 @@ class HyperETLitModule(pl.LightningModule):
         return self.llava(**batch)
 
     def trainable_state_keys(self) -> set[str]:
-        """State-dict keys of the trainable tensors (what checkpoints hold)."""
-        return {name for name, p in self.named_parameters() if p.requires_grad}
+        """State-dict keys of the trainable tensors (what checkpoints hold).
+
+        FSDP and activation-checkpoint wrappers add segments to parameter names but not to full state-dict keys.
+        """
+        return {_clean_name(name) for name, p in self.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only trainable tensors (HyperET, projector, LoRA)."""
