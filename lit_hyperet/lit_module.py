@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lit_hyperet.hyperet import HyperETConfig, hyperet_report, summarize_report
@@ -17,8 +17,6 @@ from lit_hyperet.specs import callable_from_spec, instantiate, is_spec, to_spec
 
 log = logging.getLogger(__name__)
 
-OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
 _WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
@@ -76,8 +74,8 @@ class HyperETLitModule(pl.LightningModule):
         hyperet: HyperETConfig | None = None,
         train_projector: bool = True,
         lora: LoraSettings | None = None,
-        optimizer: OptimizerFactory = torch.optim.AdamW,
-        lr_scheduler: SchedulerFactory = WarmupCosineLR,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable = WarmupCosineLR,
         hyperet_lr: float = 1.125e-3,
         projector_lr: float = 2e-4,
         lora_lr: float = 2e-4,

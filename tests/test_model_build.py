@@ -279,7 +279,7 @@ def test_merge_and_save_gives_plain_model_with_same_logits(
     assert not any(parametrize.is_parametrized(m) for m in reloaded.modules())
     assert not any("lora" in n or "parametrizations" in n for n in reloaded.state_dict())
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(**batch).logits, adapted, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(reloaded(**batch).logits, adapted, rtol=1e-4, atol=1e-4)
     assert isinstance(AutoProcessor.from_pretrained(out).tokenizer.chat_template, str)
 
 

@@ -34,6 +34,7 @@ Vision = Literal["clip", "siglip", "dinov2"]
 VISIONS: tuple[str, ...] = ("clip", "siglip", "dinov2")
 IMAGE_SIZE = 32
 PATCH_SIZE = 8  # 4 x 4 = 16 patch tokens
+TEXT_INIT_STD = 0.2
 VISION_WIDTH = 64
 VISION_FEATURE_LAYER = -2  # LLaVA-1.5: penultimate layer
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -89,6 +90,10 @@ def make_tiny_model(out: str | Path, vision: Vision = "clip", seed: int = 0) -> 
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        # With hidden 128, the usual std 0.02 caps every logit near 2.6 (lm_head row norm ≈ 0.23 times the RMS-normed
+        # state's norm √128), so even constant tokens plateau at a loss near ln(vocab) − 2.6. A larger std gives the
+        # tiny LLM the logit range real (4096-wide) models have.
+        initializer_range=TEXT_INIT_STD,
     )
     num_patches = (IMAGE_SIZE // PATCH_SIZE) ** 2
     config = LlavaConfig(
