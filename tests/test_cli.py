@@ -1,0 +1,178 @@
+"""The command line: every config parses, CPU configs run, MLflow records runs, resume, and DDP on CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_hyperet.__main__ import main
+from lit_hyperet.cli import cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+DEMO = str(CONFIGS / "demo.yaml")
+SCIENCEQA_DELTAS = sorted(p for p in (CONFIGS / "scienceqa").glob("*.yaml") if p.name != "base.yaml")
+
+
+def config_sets() -> list[list[Path]]:
+    """Every YAML under configs/, each in the combination it is meant to be used in."""
+    sets = [[CONFIGS / "demo.yaml"]]
+    sets += [[CONFIGS / "scienceqa" / "base.yaml", delta] for delta in SCIENCEQA_DELTAS]
+    sets += [[p] for p in sorted((CONFIGS / "llava").glob("*.yaml"))]
+    sets += [[CONFIGS / "demo.yaml", p] for p in sorted((CONFIGS / "strategy").glob("*.yaml"))]
+    return sets
+
+
+def test_config_sets_cover_every_yaml() -> None:
+    covered = {p for group in config_sets() for p in group}
+    assert covered == set(CONFIGS.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("configs", config_sets(), ids=lambda c: "+".join(p.stem for p in c))
+def test_every_config_parses_against_the_cli(configs: list[Path], capsys: pytest.CaptureFixture) -> None:
+    args = ["fit"] + [a for p in configs for a in ("--config", str(p))] + ["--print_config"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(args)
+    assert exit_info.value.code in (None, 0)
+    assert "class_path: lit_hyperet.HyperETLitModule" in capsys.readouterr().out
+
+
+def demo_args(tiny_model_dir: Path, demo_data_dir: Path, out: Path) -> list[str]:
+    """Point the demo at the session's tiny model and data, and its outputs at ``out``."""
+    return [
+        "--config",
+        DEMO,
+        "--model.init_args.model.init_args.path",
+        str(tiny_model_dir),
+        "--data.init_args.data_dir",
+        str(demo_data_dir),
+        "--trainer.default_root_dir",
+        str(out),
+        "--checkpoint.dirpath",
+        str(out / "checkpoints"),
+        "--prediction_writer.output_path",
+        str(out / "predictions.json"),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+
+
+def test_help_lists_tools_and_lightning_commands(capsys: pytest.CaptureFixture) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in (
+        "fit",
+        "validate",
+        "test",
+        "predict",
+        "make-tiny-model",
+        "make-demo-data",
+        "scienceqa-score",
+        "export",
+        "sweep",
+        "radius",
+    ):
+        assert command in out
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+def test_demo_runs_with_fast_dev_run(
+    subcommand: str, tiny_model_dir: Path, demo_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    args = [subcommand, *demo_args(tiny_model_dir, demo_data_dir, tmp_path / "out"), "--trainer.fast_dev_run", "true"]
+    assert main(args) == 0
+    if subcommand == "predict":
+        import json
+
+        predictions = json.loads((tmp_path / "out" / "predictions.json").read_text())
+        assert predictions and all(isinstance(v, str) for v in predictions.values())
+
+
+def test_demo_logs_metrics_and_config_to_mlflow_and_resumes(
+    tiny_model_dir: Path, demo_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    out = tmp_path / "out"
+    common = demo_args(tiny_model_dir, demo_data_dir, out) + [
+        "--trainer.val_check_interval",
+        "4",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.log_every_n_steps",
+        "1",
+    ]
+    cli_main(["fit", *common, "--trainer.max_steps", "4"])
+    last = out / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True, map_location="cpu")["global_step"] == 4
+    cli_main(["fit", *common, "--trainer.max_steps", "8", "--ckpt_path", str(last)])
+    assert torch.load(last, weights_only=True, map_location="cpu")["global_step"] == 8
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("lit_hyperet_demo")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    first = runs[0]
+    for key in ("train/loss", "val/Avg", "val/IMG", "val/NAT", "hyperet/identity_deviation_max"):
+        assert key in first.data.metrics, key
+    assert int(first.data.params["params/trainable"]) > 0
+    assert int(first.data.params["params/hyperet"]) == int(first.data.params["params/hyperet_adapted_modules"]) * 64
+    artifacts = {a.path for a in client.list_artifacts(first.info.run_id)}
+    assert "config.yaml" in artifacts
+    config_text = mlflow.artifacts.load_text(f"runs:/{first.info.run_id}/config.yaml")
+    assert "lit_hyperet.HyperETLitModule" in config_text and str(tiny_model_dir) in config_text
+    steps = [m.step for m in client.get_metric_history(runs[1].info.run_id, "train/loss")]
+    assert steps and min(steps) >= 4  # the resumed run continues the step count
+
+
+def test_ddp_on_cpu_keeps_ranks_identical(tiny_model_dir: Path, demo_data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+    }
+    args = [
+        sys.executable,
+        "-m",
+        "lit_hyperet",
+        "fit",
+        *demo_args(tiny_model_dir, demo_data_dir, out),
+        "--config",
+        str(CONFIGS / "strategy" / "ddp.yaml"),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.max_steps",
+        "3",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.val_check_interval",
+        "3",
+        "--trainer.callbacks+=helpers.rank_state.SaveTrainableStatePerRank",
+        f"--trainer.callbacks.out_dir={out / 'ranks'}",
+    ]
+    result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0 = torch.load(out / "ranks" / "rank0.pt", weights_only=True)
+    rank1 = torch.load(out / "ranks" / "rank1.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys() and rank0
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    from lit_hyperet.lit_module import HyperETLitModule
+
+    reloaded = HyperETLitModule.load_from_checkpoint(out / "checkpoints" / "last.ckpt", map_location="cpu")
+    params = dict(reloaded.named_parameters())
+    for name, value in rank0.items():
+        assert torch.equal(params[name], value), name
