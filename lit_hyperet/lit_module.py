@@ -186,7 +186,7 @@ class HyperETLitModule(pl.LightningModule):
             datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
             build = getattr(datamodule, "build_metric", None)
             if build is None:
-                from lit_hyperet.metrics import ExactMatchAccuracy as build  # a datamodule without its own metric
+                from lit_hyperet.metrics import ExactMatch as build  # a datamodule without its own metric
             setattr(self, attr, build().to(self.device))
         return getattr(self, attr)
 
