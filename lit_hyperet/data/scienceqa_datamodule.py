@@ -1,0 +1,169 @@
+"""``ScienceQADataModule``: ScienceQA (raw or parquet layout) as LLaVA-style conversations, scored officially."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from lit_hyperet.data.base import ConversationDataModule
+from lit_hyperet.data.conversation import Conversation
+from lit_hyperet.data.prompts import ANSWER_FIRST_OUTPUTS, ANSWER_PREFIX, SINGLE_PRED_PROMPT, parse_format, render_prompt
+from lit_hyperet.data.scienceqa import ScienceQAProblem, load_scienceqa
+from lit_hyperet.metrics import ScienceQAAccuracy
+
+log = logging.getLogger(__name__)
+
+
+def scienceqa_conversation(
+    problem: ScienceQAProblem,
+    prompt_format: str = "QCM-A",
+    use_caption: bool = False,
+    reference_quirks: bool = False,
+    single_pred_prompt: bool = False,
+    answer_prefix: str = "",
+    source: str = "",
+) -> Conversation:
+    """One problem as a single-turn conversation (user: the IN text, assistant: the OUT text) with metric meta.
+
+    The image (if any) is referenced, not opened; the encoder puts ``<image>\\n`` first in the user turn.
+    ``answer_prefix`` goes into the meta so the metric can complete ``" B."`` to ``"The answer is B."``.
+    """
+    user, reply = render_prompt(problem, prompt_format, use_caption, reference_quirks)
+    if single_pred_prompt:
+        user += SINGLE_PRED_PROMPT
+    meta = {**problem.meta(), "answer_prefix": answer_prefix}
+    return Conversation(
+        id=problem.pid,
+        messages=[{"role": "user", "content": user}, {"role": "assistant", "content": reply}],
+        image=problem.image_ref,
+        meta=meta,
+        source=source,
+    )
+
+
+class ScienceQADataModule(ConversationDataModule):
+    """ScienceQA for LLaVA-style training (right-padded, masked labels) and evaluation (left-padded prompts).
+
+    Args:
+        data_dir: raw layout (problems.json, pid_splits.json, images/) or parquet layout (``data/*.parquet``).
+        layout: ``"raw"`` or ``"parquet"``.
+        train_split / val_split / test_split / predict_split: pid_splits names (``None`` = no such stage).
+        prompt_format: ``"<IN>-<OUT>"`` (see :mod:`lit_hyperet.data.prompts`); ``reference_quirks`` reproduces the
+            reference code's swapped AL/AE.
+        use_caption: append captions.json captions to the context (text-only baselines).
+        single_pred_prompt: append LLaVA-1.5's "Answer with the option's letter …" line to the question.
+        eval_protocol: ``"answer_prefix"`` (prompt ends with ``ASSISTANT: The answer is``, one new token is read as
+            the letter; needs an OUT format starting with the answer) or ``"generate"`` (free generation, parsed with
+            the official rules).
+        template: ``"auto"`` (the processor's chat template, else vicuna_v1) or ``"vicuna_v1"``.
+        max_length / on_overflow: nothing is truncated; longer samples raise (``"error"``) or are skipped and counted
+            (``"skip"``, see :attr:`num_skipped`).
+        max_samples: first N problems per role (``{"train": 64, "val": 32}``) or for every role (an int).
+        make_demo_if_missing: create the synthetic demo dataset in ``data_dir`` when it has no problems.json.
+        splits_path / captions_path: explicit pid_splits.json / captions.json (default: found next to the data).
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        layout: Literal["raw", "parquet"] = "raw",
+        train_split: str | None = "train",
+        val_split: str | None = "val",
+        test_split: str | None = "test",
+        predict_split: str | None = "test",
+        prompt_format: str = "QCM-A",
+        use_caption: bool = False,
+        reference_quirks: bool = False,
+        single_pred_prompt: bool = False,
+        eval_protocol: Literal["generate", "answer_prefix"] = "answer_prefix",
+        template: Literal["auto", "vicuna_v1"] = "auto",
+        system_prompt: str | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int = 16,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        max_length: int | None = 512,
+        on_overflow: Literal["error", "skip"] = "error",
+        max_samples: dict[str, int] | int | None = None,
+        splits_path: str | None = None,
+        captions_path: str | None = None,
+        make_demo_if_missing: bool = False,
+        demo_num_problems: int = 600,
+        demo_seed: int = 0,
+        processor: Any = None,
+    ) -> None:
+        super().__init__(
+            processor=processor,
+            template=template,
+            system_prompt=system_prompt,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            max_length=max_length,
+            on_overflow=on_overflow,
+            max_samples=max_samples,
+        )
+        _, out_fmt = parse_format(prompt_format)
+        if layout not in ("raw", "parquet"):
+            raise ValueError(f"layout must be 'raw' or 'parquet', got {layout!r}")
+        if eval_protocol not in ("generate", "answer_prefix"):
+            raise ValueError(f"eval_protocol must be 'generate' or 'answer_prefix', got {eval_protocol!r}")
+        if eval_protocol == "answer_prefix" and out_fmt not in ANSWER_FIRST_OUTPUTS:
+            raise ValueError(
+                f"eval_protocol='answer_prefix' needs an output format that starts with the answer "
+                f"({', '.join(ANSWER_FIRST_OUTPUTS)}); {prompt_format!r} does not: use eval_protocol='generate'"
+            )
+        self.data_dir, self.layout = Path(data_dir), layout
+        self.splits = {"train": train_split, "val": val_split, "test": test_split, "predict": predict_split}
+        self.prompt_format, self.use_caption, self.reference_quirks = prompt_format, use_caption, reference_quirks
+        self.single_pred_prompt = single_pred_prompt
+        self.eval_protocol = eval_protocol
+        self.eval_max_new_tokens = 1 if eval_protocol == "answer_prefix" else None
+        self.splits_path, self.captions_path = splits_path, captions_path
+        self.make_demo_if_missing, self.demo_num_problems, self.demo_seed = (
+            make_demo_if_missing,
+            demo_num_problems,
+            demo_seed,
+        )
+
+    def prepare_data(self) -> None:
+        """With ``make_demo_if_missing``, write the demo dataset to ``data_dir`` when it has no problems.json."""
+        if self.make_demo_if_missing and self.layout == "raw" and not (self.data_dir / "problems.json").exists():
+            from lit_hyperet.data.demo import make_demo_data
+
+            log.warning("%s has no problems.json: writing the synthetic demo dataset there", self.data_dir)
+            make_demo_data(self.data_dir, num_problems=self.demo_num_problems, seed=self.demo_seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the splits of ``stage`` (creating the demo data first if asked and missing)."""
+        self.prepare_data()
+        super().setup(stage)
+
+    def load_problems(self, role: str) -> list[ScienceQAProblem] | None:
+        """The problems of a role's split, in pid_splits order (``None`` when the role has no split)."""
+        split = self.splits[role]
+        if split is None:
+            return None
+        return load_scienceqa(self.data_dir, split, self.layout, self.splits_path, self.captions_path)
+
+    def load_conversations(self, role: str) -> list[Conversation] | None:
+        """The role's problems rendered with the prompt format."""
+        problems = self.load_problems(role)
+        if problems is None:
+            return None
+        prefix = ANSWER_PREFIX if self.eval_protocol == "answer_prefix" and role != "train" else ""
+        source = str(self.data_dir / "problems.json") if self.layout == "raw" else str(self.data_dir)
+        return [
+            scienceqa_conversation(
+                p, self.prompt_format, self.use_caption, self.reference_quirks, self.single_pred_prompt, prefix, source
+            )
+            for p in problems
+        ]
+
+    def build_metric(self) -> ScienceQAAccuracy:
+        """A fresh :class:`~lit_hyperet.metrics.ScienceQAAccuracy`."""
+        return ScienceQAAccuracy()
