@@ -1,0 +1,26 @@
+"""Hyperbolic radius analysis of visual tokens (``python -m lit_hyperet radius``).
+
+For a visual token ``f`` mapped into the Poincaré ball (curvature ``-c``) as ``x = exp0(f)``, three quantities are
+reported (see :mod:`lit_hyperet.radius.compute`):
+
+* ``rad = Rad(exp0(f)) = (2/√c)·artanh(√c‖exp0(f)‖)`` — the hyperbolic radius; it equals ``2‖f‖`` exactly;
+* ``ball_norm = ‖exp0(f)‖ = tanh(√c‖f‖)/√c`` — what the released HyperET scripts print (saturates at ``1/√c``);
+* ``norm_radius = √c·‖exp0(f)‖ = tanh(√c‖f‖)`` — the 0–1 normalised radius (``ball_norm`` over the ball radius).
+
+Modules: ``compute`` (the quantities), ``features`` (tokens from a LLaVA model), ``collect`` (walking a dataloader),
+``records``/``stats``/``report`` (CSV and JSON), ``reliability`` (accuracy per radius bin), ``plots``, ``runs``
+(configs and checkpoints), ``tracking`` (MLflow), ``outputs`` and ``command`` (the CLI).
+"""
+
+from __future__ import annotations
+
+from lit_hyperet.radius.compute import FORMULAS, NORMALISATION, QUANTITIES, token_quantities
+
+__all__ = ["FORMULAS", "NORMALISATION", "QUANTITIES", "main", "token_quantities"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lit_hyperet radius …`` (see ``--help``)."""
+    from lit_hyperet.radius.command import main as _main
+
+    return _main(argv)

@@ -1,0 +1,101 @@
+"""Visual token features of a LLaVA model: a vision-tower hidden layer (patch tokens, CLS optional) and the projector.
+
+Which leading tokens are not patches comes from the tower type (:func:`lit_hyperet.model.towers.prefix_tokens`: CLIP
+and DINOv2 have one CLS, SigLIP none, DINOv2-with-registers a CLS plus registers); for an unknown tower it is the
+sequence length minus ``(image_size // patch_size)²``. The projector output is computed exactly as LLaVA feeds the
+LLM: the config's ``vision_feature_layer`` and ``vision_feature_select_strategy``, then ``multi_modal_projector``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lit_hyperet.model.towers import prefix_tokens
+
+SOURCES: tuple[str, ...] = ("vision", "projector")
+
+
+@dataclass(frozen=True)
+class TokenSelection:
+    """What the vision-tower radii are computed on.
+
+    Args:
+        layer: index into the tower's ``hidden_states`` (0 = embeddings; negative counts from the end); a list
+            concatenates layers like LLaVA does; ``None`` takes the model config's ``vision_feature_layer``.
+        include_cls: keep the CLS token with the patch tokens (register tokens are never kept; towers without a CLS,
+            like SigLIP, have nothing to add).
+        projector: also compute the projector output's tokens (source ``projector``).
+    """
+
+    layer: int | list[int] | None = None
+    include_cls: bool = False
+    projector: bool = False
+
+
+def unwrap_llava(model: nn.Module) -> nn.Module:
+    """The ``LlavaForConditionalGeneration`` inside a peft wrapper (or the model itself)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not hasattr(base, "model") or not hasattr(base.model, "vision_tower"):
+        raise TypeError(f"expected a (peft-wrapped) LlavaForConditionalGeneration, got {type(base).__name__}")
+    return base
+
+
+def num_prefix_tokens(vision_config, seq_len: int) -> int:
+    """Leading non-patch tokens (CLS, registers) of a tower's hidden states."""
+    try:
+        return prefix_tokens(vision_config)
+    except ValueError:
+        image_size, patch_size = getattr(vision_config, "image_size", None), getattr(vision_config, "patch_size", None)
+        if not image_size or not patch_size:
+            raise
+        extra = seq_len - (int(image_size) // int(patch_size)) ** 2
+        if extra < 0:
+            raise ValueError(f"{vision_config.model_type}: {seq_len} tokens < patch count for {image_size}px") from None
+        return extra
+
+
+def has_cls(vision_config, seq_len: int) -> bool:
+    """Whether the tower emits a CLS token (first token) before its patches."""
+    return num_prefix_tokens(vision_config, seq_len) >= 1
+
+
+def resolved_layer(llava: nn.Module, selection: TokenSelection) -> int | list[int]:
+    """The layer(s) the vision radii use: ``selection.layer`` or the config's ``vision_feature_layer``."""
+    layer = selection.layer if selection.layer is not None else unwrap_llava(llava).config.vision_feature_layer
+    return list(layer) if isinstance(layer, (list, tuple)) else int(layer)
+
+
+def _pick(hidden_states: tuple[torch.Tensor, ...], layer: int | list[int]) -> torch.Tensor:
+    layers = layer if isinstance(layer, list) else [layer]
+    n = len(hidden_states)
+    for i in layers:
+        if not -n <= i < n:
+            raise ValueError(f"vision layer {i} out of range: the tower has {n} hidden states (embeddings + blocks)")
+    return torch.cat([hidden_states[i] for i in layers], dim=-1)
+
+
+@torch.no_grad()
+def token_features(llava: nn.Module, pixel_values: torch.Tensor, selection: TokenSelection) -> dict[str, torch.Tensor]:
+    """``{"vision": [N, T, D], "projector": [N, T', D_llm]}`` (projector only when asked) for ``N`` images."""
+    base = unwrap_llava(llava)
+    config = base.config
+    tower = base.model.vision_tower
+    param = next(tower.parameters())
+    out = tower(pixel_values.to(device=param.device, dtype=param.dtype), output_hidden_states=True, return_dict=True)
+    hidden = out.hidden_states
+    selected = _pick(hidden, resolved_layer(base, selection))
+    prefix = num_prefix_tokens(config.vision_config, selected.shape[1])
+    patches = selected[:, prefix:]
+    if selection.include_cls and prefix >= 1:
+        patches = torch.cat([selected[:, :1], patches], dim=1)
+    result = {"vision": patches}
+    if selection.projector:
+        strategy = config.vision_feature_select_strategy
+        feed = _pick(hidden, resolved_layer(base, TokenSelection()))
+        if strategy == "default":
+            feed = feed[:, 1:]
+        result["projector"] = base.model.multi_modal_projector(feed)
+    return result

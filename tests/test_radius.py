@@ -1,0 +1,264 @@
+"""Hyperbolic radius analysis: closed forms, token selection per tower, HyperET identity, reports, plots and CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from lit_hyperet import geometry
+from lit_hyperet.hyperet import HyperETConfig
+from lit_hyperet.model import PretrainedLlava, build_llava
+from lit_hyperet.radius.collect import collect, take_first
+from lit_hyperet.radius.command import main as radius_main
+from lit_hyperet.radius.compute import token_quantities
+from lit_hyperet.radius.features import TokenSelection, token_features
+from lit_hyperet.radius.plots import plot_radius
+from lit_hyperet.radius.records import ImageRecord, RunResult, grade_band
+from lit_hyperet.radius.reliability import reliability_rows, to_markdown
+from lit_hyperet.radius.runs import build, parse_run
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(path) as img:
+        img.verify()
+    assert matplotlib.image.imread(str(path)).ndim == 3
+
+
+def _pixels(model_dir: Path, n: int = 3, seed: int = 0) -> torch.Tensor:
+    from transformers import AutoProcessor
+
+    rng = np.random.default_rng(seed)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(n)]
+    return AutoProcessor.from_pretrained(model_dir).image_processor(images, return_tensors="pt")["pixel_values"]
+
+
+def _config(tmp: Path, model_dir: Path, data_dir: Path, name: str = "cfg.yaml", hyperet: bool = True) -> Path:
+    config = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "max_epochs": 1},
+        "model": {
+            "class_path": "lit_hyperet.HyperETLitModule",
+            "init_args": {
+                "model": {"class_path": "lit_hyperet.model.PretrainedLlava", "init_args": {"path": str(model_dir)}},
+                "hyperet": {"variant": "diagonal"} if hyperet else None,
+                "lora": None,
+            },
+        },
+        "data": {
+            "class_path": "lit_hyperet.data.ScienceQADataModule",
+            "init_args": {"data_dir": str(data_dir), "eval_batch_size": 4},
+        },
+    }
+    path = tmp / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ closed forms
+
+
+@pytest.mark.parametrize("c", [0.01, 1.0])
+def test_quantities_match_closed_form(c: float) -> None:
+    torch.manual_seed(0)
+    norms = torch.tensor([1e-3, 0.5, 3.0, 10.0, 40.0], dtype=torch.float64)
+    directions = torch.nn.functional.normalize(torch.randn(5, 64, dtype=torch.float64), dim=-1)
+    features = (directions * norms[:, None]).float()  # as a model would hand them over
+    q, saturated = token_quantities(features, c)
+    s = math.sqrt(c)
+    torch.testing.assert_close(q["rad"], 2 * norms, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(q["ball_norm"], torch.tanh(s * norms) / s, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(q["norm_radius"], torch.tanh(s * norms), rtol=1e-6, atol=1e-9)
+    assert bool((q["norm_radius"] < 1).all())
+    chain = geometry.radius(geometry.exp0(features.double(), c), c)  # what 'rad' is computed through
+    ok = s * norms < 8
+    torch.testing.assert_close(q["rad"][ok], chain[ok])
+    assert saturated == int((~ok).sum())  # c = 1: ||f|| = 10 and 40 are past geoopt's artanh clamp
+
+
+def test_saturated_chain_falls_back_to_closed_form() -> None:
+    f = torch.zeros(2, 8, dtype=torch.float64)
+    f[0, 0], f[1, 0] = 50.0, 300.0  # c = 0.01: the geoopt chain is exact at 50, clamped (≈168) at 300
+    q, saturated = token_quantities(f, 0.01)
+    assert saturated == 1
+    torch.testing.assert_close(q["rad"], torch.tensor([100.0, 600.0], dtype=torch.float64))
+    assert geometry.radius(geometry.exp0(f[1], 0.01), 0.01) < 200  # the chain alone would be wrong
+    with pytest.raises(ValueError, match="curvature"):
+        token_quantities(f, 0.0)
+
+
+# ------------------------------------------------------------------------------------------------ model features
+
+
+def test_token_selection_per_tower(tiny_model_dirs: dict[str, Path]) -> None:
+    from transformers import LlavaForConditionalGeneration
+
+    for vision, model_dir in tiny_model_dirs.items():
+        llava = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
+        pixels = _pixels(model_dir)
+        patch = token_features(llava, pixels, TokenSelection(projector=True))
+        with_cls = token_features(llava, pixels, TokenSelection(include_cls=True))
+        assert patch["vision"].shape[:2] == (3, 16), vision  # 4 x 4 patches
+        assert with_cls["vision"].shape[1] == (16 if vision == "siglip" else 17), vision  # SigLIP has no CLS
+        ref = llava.model.get_image_features(
+            pixels,
+            vision_feature_layer=llava.config.vision_feature_layer,
+            vision_feature_select_strategy=llava.config.vision_feature_select_strategy,
+        ).pooler_output
+        torch.testing.assert_close(patch["projector"], torch.stack(list(ref)))  # what the LLM is fed
+        for feats in patch.values():
+            q, _ = token_quantities(feats)
+            assert all(bool(torch.isfinite(v).all()) for v in q.values())
+        with pytest.raises(ValueError, match="out of range"):
+            token_features(llava, pixels, TokenSelection(layer=7))
+
+
+def test_identity_hyperet_gives_same_radii(tiny_model_dir: Path) -> None:
+    pixels = _pixels(tiny_model_dir, n=2)
+    selection = TokenSelection(projector=True)
+    plain = build_llava(PretrainedLlava(str(tiny_model_dir)), hyperet=None).eval()
+    adapted = build_llava(PretrainedLlava(str(tiny_model_dir)), hyperet=HyperETConfig(variant="diagonal")).eval()
+    for source in ("vision", "projector"):
+        a, _ = token_quantities(token_features(plain, pixels, selection)[source])
+        b, _ = token_quantities(token_features(adapted, pixels, selection)[source])
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_collect_counts_text_only_and_truncates(tiny_model_dir: Path) -> None:
+    from transformers import LlavaForConditionalGeneration
+
+    llava = LlavaForConditionalGeneration.from_pretrained(tiny_model_dir).eval()
+    pixels = _pixels(tiny_model_dir, n=3)
+    metas = [{"has_image": h, "subject": "natural science", "grade": g} for h, g in
+             [(True, "grade2"), (False, "grade8"), (True, "grade9"), (True, "grade3"), (False, "grade1")]]
+    batch = {"ids": ["a", "b", "c", "d", "e"], "meta": metas, "pixel_values": pixels,
+             "input_ids": torch.zeros(5, 4, dtype=torch.long)}
+    assert take_first(batch, 3)["pixel_values"].shape[0] == 2
+    result = collect(llava, [batch], RunResult("r", ["x.yaml"], None, "val"), TokenSelection(), max_samples=4)
+    assert [r.id for r in result.records] == ["a", "c", "d"]
+    assert (result.samples_seen, result.skipped_text_only, result.skipped_ids) == (4, 1, ["b"])
+    assert result.records[1].categories["grade_band"] == "G7-12"
+    again = collect(llava, [batch], RunResult("r", ["x.yaml"], None, "val"), TokenSelection(), max_samples=4)
+    for r1, r2 in zip(result.records, again.records, strict=True):  # reproducible
+        np.testing.assert_array_equal(r1.values["vision"]["rad"], r2.values["vision"]["rad"])
+    bad = {**batch, "pixel_values": pixels[:2]}
+    with pytest.raises(ValueError, match="ids"):
+        collect(llava, [bad], RunResult("r", ["x.yaml"], None, "val"), TokenSelection())
+
+
+# ------------------------------------------------------------------------------------------------ reports, plots
+
+
+def _fake_result(name: str, offset: float, n: int = 10) -> RunResult:
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(n):
+        rad = offset + i + rng.random(16)
+        values = {"vision": {"rad": rad, "ball_norm": np.tanh(0.1 * rad / 2) / 0.1,
+                             "norm_radius": np.tanh(0.1 * rad / 2)}}
+        cats = {"subject": "natural science" if i % 2 else "language science", "grade_band": grade_band("grade3")}
+        records.append(ImageRecord(str(i), cats, values, correct=i >= n // 2, prediction="A"))
+    return RunResult(name, ["c.yaml"], None, "val", records=records, samples_seen=n + 2, skipped_text_only=2,
+                     text_only_correct=[True, False])
+
+
+def test_plot_is_valid_png(tmp_path: Path) -> None:
+    path = plot_radius([_fake_result("before", 10.0), _fake_result("after", 12.0)], tmp_path / "r.png")
+    _assert_png(path)
+
+
+def test_reliability_table() -> None:
+    rows = reliability_rows([_fake_result("a", 0.0)], bins=5)
+    binned = [r for r in rows if r["bin"] != "text-only"]
+    assert [r["n"] for r in binned] == [2] * 5
+    assert [r["accuracy"] for r in binned] == [0.0, 0.0, 0.5, 1.0, 1.0]  # the larger-radius half is right
+    assert all(a["hi"] <= b["lo"] for a, b in zip(binned, binned[1:], strict=False))
+    assert rows[-1]["bin"] == "text-only" and rows[-1]["accuracy"] == 0.5
+    assert "| a | vision | rad | 1 |" in to_markdown(rows)
+
+
+def test_parse_run() -> None:
+    spec = parse_run("after=configs/a.yaml,configs/b.yaml:out/last.ckpt")
+    assert (spec.name, spec.configs, spec.ckpt) == ("after", ["configs/a.yaml", "configs/b.yaml"], "out/last.ckpt")
+    assert parse_run("before=configs/a.yaml").ckpt is None
+    with pytest.raises(ValueError, match="NAME=CONFIG"):
+        parse_run("configs/a.yaml")
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+def test_cli_end_to_end(tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path) -> None:
+    config = _config(tmp_path, tiny_model_dir, demo_data_dir)
+    out = tmp_path / "out"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "lit_hyperet", "radius", "--config", str(config), "--max-samples", "8",
+           "--out", str(out), "--with-accuracy", "--projector", "--bins", "3"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "radius_summary.json").read_text())
+    counts = summary["runs"]["cfg"]["counts"]
+    assert counts["samples_seen"] == 8 and counts["images"] + counts["skipped_text_only"] == 8
+    assert counts["images"] > 0 and "2 * ||f||" in summary["quantities"]["rad"]
+    assert summary["settings"]["curvature"] == 0.01 and summary["runs"]["cfg"]["model"]["layer"] == -2
+    with (out / "radius_images.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == counts["images"] and {"vision_rad_mean", "projector_norm_radius_q95", "correct"} <= set(rows[0])
+    assert all(math.isfinite(float(r["vision_rad_mean"])) for r in rows)
+    for png in ("radius.png", "reliability.png"):
+        _assert_png(out / png)
+    assert (out / "reliability.md").read_text().count("| cfg |") >= 2
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("lit_hyperet_radius")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1 and runs[0].data.metrics["cfg/images"] == counts["images"]
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert {"radius_images.csv", "radius_summary.json", "radius.png", "reliability.csv"} <= artifacts
+
+
+def test_comparison_one_combined_plot(tmp_path: Path, tiny_model_dirs: dict[str, Path], demo_data_dir: Path) -> None:
+    config = _config(tmp_path, tiny_model_dirs["clip"], demo_data_dir)
+    siglip = _config(tmp_path, tiny_model_dirs["siglip"], demo_data_dir, "siglip.yaml", hyperet=False)
+    # an "after" checkpoint: HyperET diagonals scaled by 1.5 (trainable tensors only, like training writes)
+    module, _ = build(parse_run(f"x={config}"))
+    state = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+    state = {n: v * 1.5 if n.endswith(".diag") else v for n, v in state.items()}
+    ckpt = tmp_path / "after.ckpt"
+    torch.save({"state_dict": state}, ckpt)
+    runs = tmp_path / "runs.yaml"
+    runs.write_text(yaml.safe_dump({"runs": [{"name": "siglip", "config": str(siglip)}]}))
+    out = tmp_path / "cmp"
+    argv = ["--run", f"before={config}", "--run", f"again={config}", "--run", f"after={config}:{ckpt}",
+            "--runs", str(runs), "--max-samples", "6", "--out", str(out), "--no-mlflow", "--include-cls"]
+    assert radius_main(argv) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["radius.png"]
+    _assert_png(out / "radius.png")
+    summary = json.loads((out / "radius_summary.json").read_text())
+    assert list(summary["runs"]) == ["before", "again", "after", "siglip"]
+    assert summary["runs"]["siglip"]["model"]["cls_included"] is False  # SigLIP: no CLS to include
+    assert summary["runs"]["before"]["model"]["tokens"] == "patch + CLS"
+    means = {k: v for k, v in summary["comparison_rad_token_mean"]["vision"]["all"].items()}
+    assert means["again"] == means["before"]  # same config and seed: identical figures
+    assert means["after"] != pytest.approx(means["before"], rel=1e-4)  # the checkpoint changed the tower
+    assert means["ratio_after_to_before"] == pytest.approx(means["after"] / means["before"])
+    with (out / "radius_images.csv").open() as fh:
+        assert {r["run"] for r in csv.DictReader(fh)} == {"before", "again", "after", "siglip"}
