@@ -1,9 +1,10 @@
 """ScienceQA accuracy with the official categories (torchmetrics), answer extraction, and exact match.
 
-The categories and the answer extraction live in :mod:`lit_hyperet.scienceqa_rules` (plain Python, shared with the
-``scienceqa-score`` command) and are re-exported here. Categories per problem (flags overlap exactly as in ScienceQA's ``tools/evaluate_acc.py``): NAT/SOC/LAN by
+Categories per problem (flags overlap exactly as in ScienceQA's ``tools/evaluate_acc.py``): NAT/SOC/LAN by
 ``subject``; TXT = non-empty hint (with or without image); IMG = has an image; NO = neither hint nor image; G1-6 /
-G7-12 by the number in ``gradeN``; Avg = all; plus ``topic/<topic>`` for the 26 official topics.
+G7-12 by the number in ``gradeN``; Avg = all; plus ``topic/<topic>`` for the 26 official topics. The categories and
+the answer extraction live in :mod:`lit_hyperet.scienceqa_rules` (plain Python, shared with the ``scienceqa-score``
+command) and are re-exported here.
 
 Empty groups: ``compute()`` reports the nine main categories always, as ``NaN`` when the group is empty (the official
 script prints -1; ``NaN`` cannot be mistaken for an accuracy); ``topic/*`` keys appear only for topics seen.
@@ -68,7 +69,8 @@ class ScienceQAAccuracy(Metric):
         if len(predictions) != len(meta):
             raise ValueError(f"{len(predictions)} predictions for {len(meta)} meta entries")
         indices = [
-            extract_answer(text, int(m["num_choices"]), m.get("answer_prefix", "")) for text, m in zip(predictions, meta)
+            extract_answer(text, int(m["num_choices"]), m.get("answer_prefix", ""))
+            for text, m in zip(predictions, meta, strict=True)
         ]
         self.update_indices(indices, meta)
 
@@ -78,7 +80,7 @@ class ScienceQAAccuracy(Metric):
             raise ValueError(f"{len(indices)} predictions for {len(meta)} meta entries")
         correct = torch.zeros(len(GROUPS), dtype=torch.long)
         total = torch.zeros(len(GROUPS), dtype=torch.long)
-        for index, m in zip(indices, meta):
+        for index, m in zip(indices, meta, strict=True):
             missing = [k for k in META_KEYS if k not in m]
             if missing:
                 raise ValueError(f"meta of pid {m.get('pid', '?')} lacks {', '.join(missing)}")
@@ -90,8 +92,8 @@ class ScienceQAAccuracy(Metric):
         self.total += total.to(self.total.device)
 
     def counts(self) -> dict[str, tuple[int, int]]:
-        """``{group: (correct, total)}`` for every group (local state; after ``compute()`` the synced one)."""
-        return {g: (int(c), int(t)) for g, c, t in zip(GROUPS, self.correct.tolist(), self.total.tolist())}
+        """``{group: (correct, total)}`` of this process (``compute()`` syncs across processes, then restores these)."""
+        return {g: (int(c), int(t)) for g, c, t in zip(GROUPS, self.correct.tolist(), self.total.tolist(), strict=True)}
 
     def compute(self) -> dict[str, torch.Tensor]:
         """Fractions in [0, 1]: the nine categories always (``NaN`` if empty), ``topic/*`` only where non-empty."""
@@ -128,7 +130,7 @@ class ExactMatch(Metric):
         """Compare each prediction with ``meta[i]["reference"]``."""
         if len(predictions) != len(meta):
             raise ValueError(f"{len(predictions)} predictions for {len(meta)} meta entries")
-        hits = sum(normalize_text(p) == normalize_text(m["reference"]) for p, m in zip(predictions, meta))
+        hits = sum(normalize_text(p) == normalize_text(m["reference"]) for p, m in zip(predictions, meta, strict=True))
         self.correct += hits
         self.total += len(predictions)
 

@@ -157,12 +157,20 @@ def parse_problem(pid: str, raw: Any, source: str | Path, split: str | None = No
     return ScienceQAProblem(pid=pid, choices=list(choices), answer=answer, image=image or None, split=split, **values)
 
 
-def read_problems(path: str | Path) -> dict[str, ScienceQAProblem]:
-    """Read and validate a problems.json (``{pid: problem}``). Opens no image."""
+def read_problems(path: str | Path, require_split: bool = True) -> dict[str, ScienceQAProblem]:
+    """Read and validate a problems.json (``{pid: problem}``). Opens no image.
+
+    ``require_split=False`` accepts entries without a ``split`` field (their ``split`` is ``""``), for callers that
+    take split membership from a pid_splits.json.
+    """
     data = read_json(path)
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object {{pid: problem}}, got {type(data).__name__}")
-    return {str(pid): parse_problem(str(pid), raw, path) for pid, raw in data.items()}
+    problems = {}
+    for pid, raw in data.items():
+        missing_split = not require_split and isinstance(raw, dict) and "split" not in raw
+        problems[str(pid)] = parse_problem(str(pid), raw, path, split="" if missing_split else None)
+    return problems
 
 
 def read_pid_splits(path: str | Path) -> dict[str, list[str]]:
@@ -264,14 +272,18 @@ def _read_parquet_split(
             raise DataError(f"{path}: cannot read parquet: {exc}") from None
         for raw in rows:
             if pids is not None and row >= len(pids):
-                raise DataError(
-                    f"{path}: more rows than the {len(pids)} pids of split {base_split!r} in {splits_file}"
-                )
+                raise DataError(f"{path}: more rows than the {len(pids)} pids of split {base_split!r} in {splits_file}")
             pid = pids[row] if pids is not None else f"{base_split}-{row}"
             image_struct = raw.pop("image", None)
             image_bytes = image_struct.get("bytes") if isinstance(image_struct, dict) else image_struct
             if image_bytes is not None and not isinstance(image_bytes, bytes):
                 raise DataError(f"{where(path, f'pid {pid}', 'image')}: expected a {{bytes, path}} struct")
+            if image_bytes is None and isinstance(image_struct, dict) and image_struct.get("path"):
+                # a path-only struct would otherwise turn an image problem into a text-only one (IMG/NO scores)
+                raise DataError(
+                    f"{where(path, f'pid {pid}', 'image')}: the image is stored as a path ({image_struct['path']!r}) "
+                    "without bytes; use a parquet with embedded image bytes (as derek-thomas/ScienceQA has)"
+                )
             raw["image"] = "image.png" if image_bytes else None
             problem = parse_problem(pid, raw, path, split=base_split)
             if image_bytes:
@@ -279,7 +291,9 @@ def _read_parquet_split(
             problems[pid] = problem
             row += 1
     if pids is not None and row != len(pids):
-        raise DataError(f"{data_dir}: split {base_split!r} has {row} parquet rows but {len(pids)} pids in {splits_file}")
+        raise DataError(
+            f"{data_dir}: split {base_split!r} has {row} parquet rows but {len(pids)} pids in {splits_file}"
+        )
     return problems
 
 
