@@ -568,8 +568,8 @@ def config_tags(resolved: dict[str, Any]) -> dict[str, str]:
     source = get_dotted(resolved, "model.init_args.model.init_args", {})
     if isinstance(source, dict):
         for key in ("vision", "vision_path", "path"):
-            if source.get(key):
-                tags["encoder"] = str(source[key])
+            if source.get(key):  # a tiny model is named by its tower kind, as the report names finished runs
+                tags["encoder"] = f"tiny-{source[key]}" if key == "vision" else str(source[key])
                 break
     return tags
 
