@@ -95,6 +95,47 @@ def test_demo_runs_with_fast_dev_run(
         assert predictions and all(isinstance(v, str) for v in predictions.values())
 
 
+@pytest.mark.parametrize("protocol", ["answer_prefix", "generate"])
+def test_validation_accuracy_equals_the_offline_scorer_on_predictions(
+    protocol: str, tiny_model_dir: Path, demo_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`val/Avg` logged by the module equals `scienceqa-score` on what `predict` generated for the same split."""
+    import json
+
+    import mlflow
+
+    from lit_hyperet.scoring import main as score_main
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    out = tmp_path / "out"
+    common = [*demo_args(tiny_model_dir, demo_data_dir, out), "--data.init_args.eval_protocol", protocol]
+    cli_main(["fit", *common, "--trainer.max_steps", "40", "--trainer.val_check_interval", "40"])
+    last = str(out / "checkpoints" / "last.ckpt")
+    cli_main(["validate", *common, "--ckpt_path", last])
+    cli_main(["predict", *common, "--data.init_args.predict_split", "val", "--ckpt_path", last])
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("lit_hyperet_demo")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    logged = runs[1].data.metrics  # the validate run
+    scores = tmp_path / "scores.json"
+    prefix = ["--answer-prefix", "The answer is"] if protocol == "answer_prefix" else []
+    problems = str(demo_data_dir / "problems.json")
+    predictions = str(out / "predictions.json")
+    args = ["--problems", problems, "--predictions", predictions, "--split", "val", "--json", str(scores), *prefix]
+    assert score_main(args) == 0
+    offline = json.loads(scores.read_text())
+    texts = json.loads((out / "predictions.json").read_text())
+    assert len(texts) == offline["count"]
+    if protocol == "generate":
+        assert any(len(t.split()) > 1 for t in texts.values())  # free text, not one token
+    assert offline["Avg"] > 0  # 40 steps teach the image questions: the comparison is not 0 == 0
+    for category in ("Avg", "IMG", "TXT", "NAT", "G1-6"):
+        assert abs(100 * logged[f"val/{category}"] - offline[category]) < 0.006, category
+
+
 def test_demo_logs_metrics_and_config_to_mlflow_and_resumes(
     tiny_model_dir: Path, demo_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

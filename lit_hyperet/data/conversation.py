@@ -163,7 +163,8 @@ class ConversationEncoder:
         starts, pos = [], 0
         for piece, _ in pieces:
             starts.append(pos)
-            pos += len(piece) + (piece.count(self.image_token) * (n_img - 1) * len(self.image_token) if n_img > 1 else 0)
+            extra = piece.count(self.image_token) * (n_img - 1) * len(self.image_token) if n_img > 1 else 0
+            pos += len(piece) + extra
         expanded = text.replace(self.image_token, self.image_token * n_img) if conv.image is not None else text
         pixel_values = None
         if conv.image is not None and load_image:
@@ -174,25 +175,29 @@ class ConversationEncoder:
             ids, offsets = list(out["input_ids"][0]), out["offset_mapping"][0]
             found = sum(1 for i in ids if i == self.processor.image_token_id)
             if found != n_img:
-                raise DataError(f"{conv.where('image')}: processor expanded the image to {found} tokens, expected {n_img}")
+                raise DataError(
+                    f"{conv.where('image')}: processor expanded the image to {found} tokens, expected {n_img}"
+                )
         else:
             out = self.tokenizer(expanded, add_special_tokens=add_special, return_offsets_mapping=True)
             ids, offsets = list(out["input_ids"]), out["offset_mapping"]
         token_pieces = [bisect.bisect_right(starts, start) - 1 for start, _ in offsets]
-        for (start, stop), p in zip(offsets, token_pieces):
+        for (start, stop), p in zip(offsets, token_pieces, strict=True):
             if p + 1 < len(starts) and start < starts[p + 1] < stop:
                 raise DataError(
                     f"{conv.where()}: a token spans the boundary between piece {p} and {p + 1} of the rendered text "
                     f"({expanded[start:stop]!r}), so the label mask would not be exact"
                 )
-        labels = [tok if pieces[p][1] else IGNORE_INDEX for tok, p in zip(ids, token_pieces)]
+        labels = [tok if pieces[p][1] else IGNORE_INDEX for tok, p in zip(ids, token_pieces, strict=True)]
         last = len(pieces) - 1
         prompt_length = token_pieces.index(last) if last in token_pieces else len(ids)
         return EncodedSample(
             input_ids=ids,
             labels=labels,
             prompt_length=prompt_length,
-            answer_prefix_length=self._answer_prefix_length(conv, pieces[last][0], starts[last], offsets, prompt_length),
+            answer_prefix_length=self._answer_prefix_length(
+                conv, pieces[last][0], starts[last], offsets, prompt_length
+            ),
             pixel_values=pixel_values,
         )
 

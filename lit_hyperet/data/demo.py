@@ -172,7 +172,8 @@ def make_demo_data(out: str | Path, num_problems: int = 600, seed: int = 0) -> P
     """Write problems.json, pid_splits.json, captions.json and images/{split}/{pid}/image.png under ``out``.
 
     Splits are 60/20/20 (train/val/test, interleaved pids "1".."N") plus trainval and mini splits (every tenth
-    train / fifth val and test problem, shuffled, as subsets like the real ones). Deterministic for a given ``seed``. Returns ``out``.
+    train / fifth val and test problem, shuffled, as subsets like the real ones). Deterministic for a given ``seed``.
+    Returns ``out``.
     """
     if num_problems < MIN_PROBLEMS:
         raise ValueError(f"num_problems must be at least {MIN_PROBLEMS} (every category in val and test)")

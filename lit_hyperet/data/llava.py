@@ -75,7 +75,9 @@ def parse_record(record: Any, index: int, source: str, image_folder: Path | None
     return Conversation(id=rid, messages=messages, image=image, template=template, meta=meta, source=source)
 
 
-def read_llava_json(path: str | Path, image_folder: str | Path | None = None, template: str = "chat") -> list[Conversation]:
+def read_llava_json(
+    path: str | Path, image_folder: str | Path | None = None, template: str = "chat"
+) -> list[Conversation]:
     """All records of a LLaVA JSON list as conversations (images are referenced, not opened)."""
     if template not in ("chat", "plain"):
         raise ValueError(f"template must be 'chat' or 'plain', got {template!r}")

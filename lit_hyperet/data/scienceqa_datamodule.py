@@ -8,7 +8,13 @@ from typing import Any, Literal
 
 from lit_hyperet.data.base import ConversationDataModule
 from lit_hyperet.data.conversation import Conversation
-from lit_hyperet.data.prompts import ANSWER_FIRST_OUTPUTS, ANSWER_PREFIX, SINGLE_PRED_PROMPT, parse_format, render_prompt
+from lit_hyperet.data.prompts import (
+    ANSWER_FIRST_OUTPUTS,
+    ANSWER_PREFIX,
+    SINGLE_PRED_PROMPT,
+    parse_format,
+    render_prompt,
+)
 from lit_hyperet.data.scienceqa import ScienceQAProblem, load_scienceqa
 from lit_hyperet.metrics import ScienceQAAccuracy
 
