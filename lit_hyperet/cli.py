@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
+
 from jsonargparse import lazy_instance
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -60,6 +62,12 @@ class HyperETCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.add_argument(
+            "--torch_num_threads",
+            type=int | None,
+            default=None,
+            help="torch intra-op CPU threads (torch.set_num_threads); 1 suits tiny models on shared or small machines",
+        )
         parser.set_defaults(
             {
                 "checkpoint.dirpath": "outputs/checkpoints",
@@ -73,6 +81,13 @@ class HyperETCLI(LightningCLI):
                 ),
             }
         )
+
+
+    def before_instantiate_classes(self) -> None:
+        """Apply ``torch_num_threads`` before any model is built."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("torch_num_threads"):
+            torch.set_num_threads(config.torch_num_threads)
 
 
 def cli_main(args: ArgsType = None, run: bool = True) -> HyperETCLI:

@@ -136,6 +136,17 @@ def test_validation_accuracy_equals_the_offline_scorer_on_predictions(
         assert abs(100 * logged[f"val/{category}"] - offline[category]) < 0.006, category
 
 
+def test_torch_num_threads_is_applied(
+    tiny_model_dir: Path, demo_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    cli_main([*demo_args(tiny_model_dir, demo_data_dir, tmp_path / "out"), "--torch_num_threads", "3"], run=False)
+    assert calls == [3]
+    cli_main(demo_args(tiny_model_dir, demo_data_dir, tmp_path / "out"), run=False)
+    assert calls == [3, 1]  # configs/demo.yaml asks for one thread
+
+
 def test_demo_logs_metrics_and_config_to_mlflow_and_resumes(
     tiny_model_dir: Path, demo_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -139,6 +139,7 @@ def test_dry_run_prints_one_command_per_trial(tmp_path: Path, base_config: Path,
         "axes": {VARIANT: ["diagonal", "banded", "full"]},
         "include": [{"name": "baseline", "model.init_args.hyperet": None}],
         "seeds": [0, 1],
+        "env": {"OMP_NUM_THREADS": "1"},
     })
     strategy = _write(tmp_path / "ddp.yaml", {"trainer": {"strategy": "ddp"}})
     argv = [str(sweep_file), "--dry-run", "--override", "trainer.max_steps=5", "trainer.devices=8"]
@@ -148,6 +149,8 @@ def test_dry_run_prints_one_command_per_trial(tmp_path: Path, base_config: Path,
     assert len(lines) == 8
     for line in lines:
         fit, _, test = line.partition(" && ")
+        assert fit.startswith("OMP_NUM_THREADS=1 ") and test.startswith("OMP_NUM_THREADS=1 ")  # the sweep's env
+        fit, test = fit.removeprefix("OMP_NUM_THREADS=1 "), test.removeprefix("OMP_NUM_THREADS=1 ")
         argv = shlex.split(fit)
         assert argv[:4] == [sys.executable, "-m", "lit_hyperet", "fit"]
         assert argv[4:8] == ["--config", str(base_config), "--config", str(strategy)]
