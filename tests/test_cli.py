@@ -80,13 +80,25 @@ def test_help_lists_tools_and_lightning_commands(capsys: pytest.CaptureFixture) 
         assert command in out
 
 
-@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+@pytest.mark.parametrize(
+    ("subcommand", "extra"),
+    [("fit", []), ("validate", []), ("test", []), ("predict", []), ("fit", ["--config", "strategy/single_device.yaml"])],
+    ids=["fit", "validate", "test", "predict", "fit+single_device"],
+)
 def test_demo_runs_with_fast_dev_run(
-    subcommand: str, tiny_model_dir: Path, demo_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    subcommand: str,
+    extra: list[str],
+    tiny_model_dir: Path,
+    demo_data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Every CPU-runnable config (the demo, alone and with the single-device strategy; DDP has its own test)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    args = [subcommand, *demo_args(tiny_model_dir, demo_data_dir, tmp_path / "out"), "--trainer.fast_dev_run", "true"]
+    extra = [str(CONFIGS / a) if a.endswith(".yaml") else a for a in extra]
+    args = [subcommand, *demo_args(tiny_model_dir, demo_data_dir, tmp_path / "out"), *extra]
+    args += ["--trainer.fast_dev_run", "true"]
     assert main(args) == 0
     if subcommand == "predict":
         import json
