@@ -1,7 +1,7 @@
 """Identity-initialised structured matrices ``M`` (n×n) applied to the rows of a weight without densifying ``M``.
 
-``matrix(x)`` (forward) computes ``x @ Mᵀ`` (each row ``w`` becomes ``M·w``); ``dense()`` builds the n×n matrix and exists for
-tests, reports and merging only.
+``matrix(x)`` (forward) computes ``x @ Mᵀ`` (each row ``w`` becomes ``M·w``); ``dense()`` builds the n×n matrix and
+exists for tests, reports and merging only.
 """
 
 from __future__ import annotations
@@ -59,11 +59,18 @@ class BlockDiagonalMatrix(StructuredMatrix):
         self.blocks = nn.Parameter(eye.repeat(self.num_blocks, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Batched matmul on a ``(rows, r, b)`` view: block ``k`` of each row becomes ``B_k · x_k``."""
+        """Block ``k`` of each row becomes ``B_k · x_k``: one batched matmul ``B_k @ X_kᵀ`` over the blocks.
+
+        ``X_kᵀ`` (``b × rows``) is a strided view of the transposed input and the result is returned as a transposed
+        view (not contiguous for 2-D inputs): both layouts go to BLAS without a copy, which made forward + backward
+        about 2× faster than copying into a ``(r, rows, b)`` layout and back. ``F.linear`` takes such a weight as is.
+        """
         lead = x.shape[:-1]
-        xb = x.reshape(-1, self.num_blocks, self.block_size).transpose(0, 1)  # (r, rows, b)
-        out = torch.bmm(xb, self.blocks.to(x.dtype).transpose(1, 2))  # (r, rows, b)
-        return out.transpose(0, 1).reshape(*lead, self.n)
+        x2 = x.reshape(-1, self.n)
+        rows = x2.shape[0]
+        xt = x2.T.reshape(self.num_blocks, self.block_size, rows)  # (r, b, rows), a view
+        out = torch.bmm(self.blocks.to(x.dtype), xt)  # (r, b, rows)
+        return out.reshape(self.n, rows).T.reshape(*lead, self.n)
 
 
 class BandedMatrix(StructuredMatrix):
@@ -84,22 +91,64 @@ class BandedMatrix(StructuredMatrix):
         self._sizes = sizes
 
     def diagonals(self) -> dict[int, torch.Tensor]:
-        """``{offset: values}``; offset ``k`` holds ``M[i, i+k]``."""
-        parts = torch.split(self.bands, self._sizes)
-        out = {0: parts[0]}
-        for k in range(1, self.band_width + 1):
-            out[k], out[-k] = parts[2 * k - 1], parts[2 * k]
-        return out
+        """``{offset: values}``; offset ``k`` holds ``M[i, i+k]`` (``i`` from 0), offset ``-k`` holds ``M[i+k, i]``."""
+        return _split_bands(self.bands, self._sizes, self.band_width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Sum of shifted diagonals: ``(M·x)_i = Σ_k M[i, i+k] x_{i+k}``."""
-        n = self.n
-        diags = {k: v.to(x.dtype) for k, v in self.diagonals().items()}
-        out = x * diags[0]
-        for k in range(1, self.band_width + 1):
-            out[..., : n - k] += x[..., k:] * diags[k]  # rows i = 0..n-k-1 read x_{i+k}
-            out[..., k:] += x[..., : n - k] * diags[-k]  # rows i = k..n-1 read x_{i-k}
-        return out
+        """Sum of shifted diagonals: ``(M·x)_i = Σ_k M[i, i+k] x_{i+k}`` (hand-written backward, see
+        :class:`_BandedApply`)."""
+        return _BandedApply.apply(x, self.bands, self._sizes, self.band_width)
+
+
+def _split_bands(bands: torch.Tensor, sizes: list[int], band_width: int) -> dict[int, torch.Tensor]:
+    parts = torch.split(bands, sizes)
+    out = {0: parts[0]}
+    for k in range(1, band_width + 1):
+        out[k], out[-k] = parts[2 * k - 1], parts[2 * k]
+    return out
+
+
+def _shifted_sum(x: torch.Tensor, diags: dict[int, torch.Tensor], band_width: int, transpose: bool) -> torch.Tensor:
+    """``x @ Mᵀ`` (``transpose=False``) or ``x @ M`` for the banded ``M`` given by its diagonals, accumulated in place
+    into one output buffer (no temporary per diagonal)."""
+    n = x.shape[-1]
+    out = x * diags[0]
+    for k in range(1, band_width + 1):
+        up, down = (diags[-k], diags[k]) if transpose else (diags[k], diags[-k])
+        out[..., : n - k].addcmul_(x[..., k:], up)  # entry i reads x_{i+k}
+        out[..., k:].addcmul_(x[..., : n - k], down)  # entry i reads x_{i-k}
+    return out
+
+
+class _BandedApply(torch.autograd.Function):
+    """``x @ Mᵀ`` for banded ``M`` with an explicit backward.
+
+    Autograd through the in-place shifted adds records a ``CopySlices`` node per add, each copying the whole
+    gradient, which made forward + backward about 4× slower than needed. Here the backward is one product and row-sum
+    per diagonal for ``M`` and, only when ``x`` needs it, the transposed band product for ``x``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bands: torch.Tensor, sizes: list[int], band_width: int) -> torch.Tensor:
+        ctx.save_for_backward(x, bands)
+        ctx.sizes, ctx.band_width = sizes, band_width
+        return _shifted_sum(x, _split_bands(bands.to(x.dtype), sizes, band_width), band_width, transpose=False)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+        x, bands = ctx.saved_tensors
+        n, d = x.shape[-1], ctx.band_width
+        grad_x = grad_bands = None
+        if ctx.needs_input_grad[1]:
+            g, xs = grad.reshape(-1, n), x.reshape(-1, n)
+            parts = [(g * xs).sum(0)]
+            for k in range(1, d + 1):
+                parts.append((g[:, : n - k] * xs[:, k:]).sum(0))  # d/d M[i, i+k]
+                parts.append((g[:, k:] * xs[:, : n - k]).sum(0))  # d/d M[i+k, i]
+            grad_bands = torch.cat(parts).to(bands.dtype)
+        if ctx.needs_input_grad[0]:
+            grad_x = _shifted_sum(grad, _split_bands(bands.to(grad.dtype), ctx.sizes, d), d, transpose=True)
+        return grad_x, grad_bands, None, None
 
 
 class FullMatrix(StructuredMatrix):
