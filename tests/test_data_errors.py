@@ -1,4 +1,4 @@
-"""Bad input data gives a DataError naming the file, the pid/id and the field (issue item 8)."""
+"""Bad input data gives a DataError naming the file, the pid/id and the field."""
 
 from __future__ import annotations
 
