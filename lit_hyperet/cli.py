@@ -6,7 +6,6 @@ import os
 from typing import Any
 
 import torch
-
 from jsonargparse import lazy_instance
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint

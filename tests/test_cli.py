@@ -82,7 +82,13 @@ def test_help_lists_tools_and_lightning_commands(capsys: pytest.CaptureFixture) 
 
 @pytest.mark.parametrize(
     ("subcommand", "extra"),
-    [("fit", []), ("validate", []), ("test", []), ("predict", []), ("fit", ["--config", "strategy/single_device.yaml"])],
+    [
+        ("fit", []),
+        ("validate", []),
+        ("test", []),
+        ("predict", []),
+        ("fit", ["--config", "strategy/single_device.yaml"]),
+    ],
     ids=["fit", "validate", "test", "predict", "fit+single_device"],
 )
 def test_demo_runs_with_fast_dev_run(
