@@ -19,8 +19,10 @@ so figures are good to about ±0.25 MiB; ratios are left out when either side is
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import gc
+import json
 import math
 import multiprocessing
 import os
@@ -32,6 +34,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 MEMORY_METHOD = (
@@ -302,3 +305,36 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n" + "\n".join(lines) + "\n"
+
+
+def script_main(
+    doc: str,
+    quick_help: str,
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    format_table: Callable[[dict[str, Any]], str],
+    argv: list[str] | None = None,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    available: Callable[[], str | None] | None = None,
+) -> int:
+    """The command line every benchmark script shares: ``[--quick] [--json OUT] [--threads N]`` (plus its own
+    options), the timing set-up, the table on stdout and the figures as JSON."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--json", type=Path, help="write the figures as JSON to this file")
+    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    if add_arguments:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    steady_allocator()
+    quiet()
+    reason = available() if available else None
+    if reason:
+        print(f"skipped: {reason}")
+        return 0
+    result = run(args)
+    print(f"machine: {result['machine']}")
+    print(format_table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0

@@ -18,7 +18,6 @@ parameters of ``M``. Usage: ``python benchmarks/adapter_ops.py [--quick] [--json
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ from geoopt.manifolds.stereographic import math as pmath
 
 from benchmarks._common import (
     MEMORY_METHOD,
-    THREADS_HELP,
     fmt,
     interleaved_times,
     machine,
@@ -44,10 +42,8 @@ from benchmarks._common import (
     mem_ratio,
     paired_ratio,
     peak_memory_mib,
-    quiet,
     rounds_for,
-    set_threads,
-    steady_allocator,
+    script_main,
     table,
     time_method,
 )
@@ -309,18 +305,15 @@ def format_table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the tables, optionally write JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats; leaves n=4096 out")
-    parser.add_argument("--json", type=Path, help="write the figures as JSON to this file")
-    parser.add_argument("--sizes", type=int, nargs="+", help=f"matrix sizes (default: {' '.join(map(str, SIZES))})")
-    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    args = parser.parse_args(argv)
-    set_threads(args.threads)
-    steady_allocator()
-    quiet()
-    result = run(quick=args.quick, sizes=args.sizes, log=True)
-    print(f"machine: {result['machine']}")
-    print(format_table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    return 0
+
+    def sizes(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--sizes", type=int, nargs="+", help=f"matrix sizes (default: {' '.join(map(str, SIZES))})")
+
+    return script_main(
+        __doc__,
+        "fewer repeats; leaves n=4096 out",
+        lambda args: run(quick=args.quick, sizes=args.sizes, log=True),
+        format_table,
+        argv,
+        add_arguments=sizes,
+    )

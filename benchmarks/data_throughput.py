@@ -11,8 +11,6 @@ Usage: ``python benchmarks/data_throughput.py [--quick] [--json FILE]``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import statistics
 import sys
@@ -30,7 +28,7 @@ if __name__ == "__main__":  # run as a script: re-enter as ``benchmarks.data_thr
 import torch
 from torch import nn
 
-from benchmarks._common import THREADS_HELP, clock_name, fmt, machine, quiet, set_threads, steady_allocator, table
+from benchmarks._common import clock_name, fmt, machine, script_main, table
 from lit_hyperet.data.demo import make_demo_data
 from lit_hyperet.data.scienceqa_datamodule import ScienceQADataModule
 from lit_hyperet.hyperet import HyperETConfig
@@ -169,17 +167,4 @@ def format_table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the table, optionally write JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer problems and rounds")
-    parser.add_argument("--json", type=Path, help="write the figures as JSON to this file")
-    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    args = parser.parse_args(argv)
-    set_threads(args.threads)
-    steady_allocator()
-    quiet()
-    result = run(quick=args.quick)
-    print(f"machine: {result['machine']}")
-    print(format_table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    return 0
+    return script_main(__doc__, "fewer problems and rounds", lambda args: run(quick=args.quick), format_table, argv)

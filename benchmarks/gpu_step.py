@@ -12,9 +12,7 @@ Usage: ``python benchmarks/gpu_step.py [--quick] [--json FILE]``.
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import os
 import statistics
 import sys
@@ -32,7 +30,7 @@ if __name__ == "__main__":  # run as a script: re-enter as ``benchmarks.gpu_step
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks._common import THREADS_HELP, fmt, machine, quiet, set_threads, steady_allocator, table
+from benchmarks._common import fmt, machine, script_main, table
 from benchmarks._models import LLAVA_7B, TINY, Shape, batch, build, trainable
 from lit_hyperet.hyperet import HyperETConfig
 
@@ -175,21 +173,6 @@ def format_table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the table, optionally write JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="batch 2, fewer steps")
-    parser.add_argument("--json", type=Path, help="write the figures as JSON to this file")
-    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    args = parser.parse_args(argv)
-    set_threads(args.threads)
-    steady_allocator()
-    quiet()
-    reason = available()
-    if reason:
-        print(f"gpu_step skipped: {reason}")
-        return 0
-    result = run(quick=args.quick)
-    print(f"machine: {result['machine']}")
-    print(format_table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    return 0
+    return script_main(
+        __doc__, "batch 2, fewer steps", lambda args: run(quick=args.quick), format_table, argv, available=available
+    )

@@ -17,8 +17,6 @@ Usage: ``python benchmarks/merged_inference.py [--quick] [--json FILE]``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 from dataclasses import asdict, replace
@@ -36,16 +34,13 @@ from torch import nn
 from transformers import LlavaForConditionalGeneration
 
 from benchmarks._common import (
-    THREADS_HELP,
     fmt,
     interleaved_times,
     machine,
     median_ms,
     paired_ratio,
-    quiet,
     ratio_quartiles,
-    set_threads,
-    steady_allocator,
+    script_main,
     table,
     time_method,
 )
@@ -175,17 +170,4 @@ def format_table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the table, optionally write JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="4 vision layers, fewer rounds")
-    parser.add_argument("--json", type=Path, help="write the figures as JSON to this file")
-    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    args = parser.parse_args(argv)
-    set_threads(args.threads)
-    steady_allocator()
-    quiet()
-    result = run(quick=args.quick)
-    print(f"machine: {result['machine']}")
-    print(format_table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    return 0
+    return script_main(__doc__, "4 vision layers, fewer rounds", lambda args: run(quick=args.quick), format_table, argv)

@@ -25,9 +25,7 @@ Usage: ``python benchmarks/step_overhead.py [--quick] [--json FILE]``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import re
 import sys
 from collections.abc import Iterator
@@ -46,7 +44,6 @@ from torch import nn
 
 from benchmarks._common import (
     MEMORY_METHOD,
-    THREADS_HELP,
     fmt,
     interleaved_times,
     machine,
@@ -54,10 +51,8 @@ from benchmarks._common import (
     mem_ratio,
     paired_ratio,
     peak_memory_mib,
-    quiet,
     ratio_quartiles,
-    set_threads,
-    steady_allocator,
+    script_main,
     table,
     time_method,
 )
@@ -360,17 +355,4 @@ def format_table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the table, optionally write JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="4 vision layers, fewer rounds")
-    parser.add_argument("--json", type=Path, help="write the figures as JSON to this file")
-    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    args = parser.parse_args(argv)
-    set_threads(args.threads)
-    steady_allocator()
-    quiet()
-    result = run(quick=args.quick)
-    print(f"machine: {result['machine']}")
-    print(format_table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    return 0
+    return script_main(__doc__, "4 vision layers, fewer rounds", lambda args: run(quick=args.quick), format_table, argv)

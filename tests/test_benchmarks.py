@@ -172,3 +172,16 @@ def test_skipped_and_failed_benchmarks_are_reported(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(gpu_step, "available", lambda: "no CUDA device")
     assert bench_run.run_one("gpu_step", quick=True) == {"skipped": "no CUDA device"}
     assert "skipped" in bench_run.render("gpu_step", {"skipped": "no CUDA device"})
+
+
+def test_script_entry_point_prints_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from benchmarks import adapter_ops, gpu_step
+
+    out = tmp_path / "adapter_ops.json"
+    assert adapter_ops.main(["--quick", "--sizes", "16", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    check_figures(figures)
+    assert "machine: " in capsys.readouterr().out
+    if gpu_step.available():  # no CUDA: the script says why and succeeds
+        assert gpu_step.main([]) == 0
+        assert "skipped: " in capsys.readouterr().out
