@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -176,3 +177,19 @@ def perturb_trainable(model: nn.Module, scale: float = 0.01, seed: int = 0) -> N
 def trainable(model: nn.Module) -> list[nn.Parameter]:
     """Parameters with ``requires_grad``."""
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def adamw_step(model: nn.Module, params: list[nn.Parameter]) -> Callable[[dict[str, Any]], torch.Tensor]:
+    """A training step on ``params``: forward on a batch of model inputs, backward, AdamW step, ``zero_grad`` of the
+    whole model (which also drops gradients of parameters outside ``params``)."""
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    model.train()
+
+    def step(inputs: dict[str, Any]) -> torch.Tensor:
+        loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step

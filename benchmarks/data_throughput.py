@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from benchmarks._common import clock_name, fmt, machine, script_main, table
+from benchmarks._models import adamw_step
 from lit_hyperet.data.demo import make_demo_data
 from lit_hyperet.data.scienceqa_datamodule import ScienceQADataModule
 from lit_hyperet.hyperet import HyperETConfig
@@ -57,18 +58,9 @@ def train_loader(data_dir: Path, processor: Any, batch_size: int) -> torch.utils
 
 def train_step(model: nn.Module) -> Any:
     """One training step (forward, backward, AdamW, zero_grad) on a collated batch."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    model.train()
-
-    def step(batch: dict[str, Any]) -> torch.Tensor:
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "pixel_values") if k in batch}
-        loss = model(**inputs).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return step
+    step = adamw_step(model, [p for p in model.parameters() if p.requires_grad])
+    keys = ("input_ids", "attention_mask", "labels", "pixel_values")
+    return lambda batch: step({k: batch[k] for k in keys if k in batch})
 
 
 def measure(loader: torch.utils.data.DataLoader, step: Any, rounds: int, warmup: int) -> dict[str, list[float]]:

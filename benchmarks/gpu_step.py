@@ -31,7 +31,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks._common import fmt, machine, script_main, table
-from benchmarks._models import LLAVA_7B, TINY, Shape, batch, build, trainable
+from benchmarks._models import LLAVA_7B, TINY, Shape, adamw_step, batch, build, trainable
 from lit_hyperet.hyperet import HyperETConfig
 
 NAME = "gpu_step"
@@ -62,18 +62,9 @@ def _sync(device: str) -> None:
 
 def make_step(shape: Shape, hyperet: HyperETConfig | None, device: str, dtype: torch.dtype) -> Any:
     """A zero-argument training step (forward, backward, AdamW, zero_grad) of a freshly built model."""
-    model = build(shape, hyperet, device=device, dtype=dtype).train()
-    optimizer = torch.optim.AdamW(trainable(model), lr=1e-4)
-    inputs = batch(shape, device=device, dtype=dtype)
-
-    def step() -> torch.Tensor:
-        loss = model(**inputs).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return step
+    model = build(shape, hyperet, device=device, dtype=dtype)
+    step, inputs = adamw_step(model, trainable(model)), batch(shape, device=device, dtype=dtype)
+    return lambda: step(inputs)
 
 
 def count_flops(step: Any) -> int:

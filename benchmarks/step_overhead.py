@@ -56,7 +56,7 @@ from benchmarks._common import (
     table,
     time_method,
 )
-from benchmarks._models import CLIP_B16, LLAVA_7B, TINY, Shape, batch, build, trainable
+from benchmarks._models import CLIP_B16, LLAVA_7B, TINY, Shape, adamw_step, batch, build, trainable
 from lit_hyperet.hyperet import (
     DEFAULT_TARGETS,
     SPACES,
@@ -103,18 +103,8 @@ def make_step(key: str, shape: Shape) -> Any:
     else:
         model = build(shape, hyperet_config(*key.split("/")))
         params = trainable(model)
-    model.train()
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    inputs = batch(shape)
-
-    def step() -> torch.Tensor:
-        loss = model(**inputs).loss
-        loss.backward()
-        optimizer.step()
-        model.zero_grad(set_to_none=True)  # also drops grad_baseline's q/v grads
-        return loss.detach()
-
-    return step
+    step, inputs = adamw_step(model, params), batch(shape)  # zero_grad also drops grad_baseline's q/v grads
+    return lambda: step(inputs)
 
 
 def keys() -> list[str]:
