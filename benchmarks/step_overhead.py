@@ -20,7 +20,10 @@ How large that backward is depends on the shape, so the same step is also counte
 (CLIP ViT-L/14-336 + Llama-2-7B-shaped LLM, batch 4, 448 text tokens) on the meta device: no weights are allocated,
 ``torch.utils.flop_counter.FlopCounterMode`` counts matmuls and attention of forward + backward (``flop_ratio``).
 
-Usage: ``python benchmarks/step_overhead.py [--quick] [--json FILE]``.
+``full``'s two n³ products per weight do not grow with the batch while the rest of the step does, so
+``--batch-scaling B …`` times only ``grad_baseline`` and ``full/hyperbolic`` at each batch size B instead.
+
+Usage: ``python benchmarks/step_overhead.py [--quick] [--json FILE] [--batch-scaling B [B …]]``.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ NOISE = "baseline_copy"  # a second, separately built baseline, timed only: the 
 # (variant, space) pairs measured: every variant in every space.
 CONFIGS: tuple[tuple[str, str], ...] = tuple((v, s) for v in VARIANTS for s in SPACES)
 GOALS = {"diagonal": 1.03, "block_diagonal": 1.03, "banded": 1.03, "full": 1.10}
+SCALING_KEYS = ("grad_baseline", "full/hyperbolic")  # --batch-scaling: denominator, numerator
 VARIANT_KWARGS: dict[str, dict[str, int]] = {"block_diagonal": {"block_size": 4}, "banded": {"band_width": 2}}
 
 
@@ -273,8 +277,59 @@ def run(quick: bool = False, tiny: bool = False) -> dict:
     return result
 
 
+def batch_scaling(batches: list[int], quick: bool = False, tiny: bool = False) -> dict:
+    """Step time of ``full/hyperbolic`` ÷ ``grad_baseline`` at each batch size (interleaved, one process per call)."""
+    base = TINY if tiny else QUICK_SHAPE if quick else CLIP_B16
+    rounds = 1 if tiny else 3 if quick else 6
+    rows: dict[str, dict[str, Any]] = {}
+    for size in batches:
+        steps = {key: make_step(key, replace(base, batch=size)) for key in SCALING_KEYS}
+        times = interleaved_times(steps, rounds, warmup=1)
+        den, num = (times[key] for key in SCALING_KEYS)
+        ratio = paired_ratio(num, den)
+        rows[str(size)] = {
+            "grad_baseline_step_ms": median_ms(den),
+            "full_step_ms": median_ms(num),
+            "time_ratio_vs_grad_baseline": ratio,
+            "time_ratio_quartiles_vs_grad_baseline": ratio_quartiles(num, den),
+            "goal_time_ratio": GOALS["full"],
+            "goal_met": ratio <= GOALS["full"],
+        }
+        del steps, times
+    return {
+        "machine": machine(),
+        "shape": asdict(base),
+        "rounds": rounds,
+        "time_method": time_method(),
+        "batch_scaling": rows,
+    }
+
+
+def format_batch_scaling(result: dict) -> str:
+    """Markdown table of :func:`batch_scaling`."""
+    s = result["shape"]
+    rows = []
+    for size, r in result["batch_scaling"].items():
+        q1, q3 = r["time_ratio_quartiles_vs_grad_baseline"]
+        met = "met" if r["goal_met"] else "MISSED"
+        rows.append([size, fmt(r["grad_baseline_step_ms"], 1), fmt(r["full_step_ms"], 1),
+                     f"{fmt(r['time_ratio_vs_grad_baseline'], 3)} ({fmt(q1, 3)}–{fmt(q3, 3)})",
+                     f"≤ {r['goal_time_ratio']:.2f}: {met}"])  # fmt: skip
+    return "\n".join(
+        [
+            f"model: CLIP tower {s['vision_hidden']}×{s['vision_layers']} layers @ {s['image_size']} px, Llama "
+            f"{s['llm_hidden']}×{s['llm_layers']}, (1 + {s['image_size'] // s['patch_size']}² image + "
+            f"{s['text_tokens']} text) tokens per sample; median of {result['rounds']} rounds per batch size",
+            table(["batch", "grad_baseline ms", "full/hyperbolic ms", "ratio (IQR)", "goal"], rows),
+            f"time: {result['time_method']}",
+        ]
+    )
+
+
 def format_table(result: dict) -> str:
     """Markdown tables: one row per configuration, then the FLOP counts at the LLaVA-1.5-7B shape."""
+    if "batch_scaling" in result:
+        return format_batch_scaling(result)
     head = [
         "config",
         "step ms",
@@ -345,4 +400,14 @@ def format_table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the table, optionally write JSON."""
-    return script_main(__doc__, "4 vision layers, fewer rounds", lambda args: run(quick=args.quick), format_table, argv)
+
+    def add_arguments(parser: Any) -> None:
+        parser.add_argument("--batch-scaling", type=int, nargs="+", metavar="B",
+                            help="only grad_baseline and full/hyperbolic, at each of these batch sizes")  # fmt: skip
+
+    def measure(args: Any) -> dict:
+        if args.batch_scaling:
+            return batch_scaling(args.batch_scaling, quick=args.quick)
+        return run(quick=args.quick)
+
+    return script_main(__doc__, "4 vision layers, fewer rounds", measure, format_table, argv, add_arguments)

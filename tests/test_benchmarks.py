@@ -134,10 +134,22 @@ def test_merged_inference_structure(results: dict[str, Any]) -> None:
     assert r["max_logit_diff"] < 1e-3  # the exported (merged, saved, reloaded) model computes the same function
 
 
+def test_step_overhead_batch_scaling_structure() -> None:
+    from benchmarks import step_overhead
+
+    result = step_overhead.batch_scaling([1, 2], tiny=True)
+    check_figures(result)
+    assert set(result["batch_scaling"]) == {"1", "2"}
+    for row in result["batch_scaling"].values():
+        assert row["time_ratio_vs_grad_baseline"] > 0 and isinstance(row["goal_met"], bool)
+    assert "| 2 |" in step_overhead.format_table(result)
+
+
 def test_data_throughput_structure(results: dict[str, Any]) -> None:
     r = results["data_throughput"]
     assert r["throughput_ratio"] > 0 and r["data_samples_per_s"] > 0 and r["step_samples_per_s"] > 0
-    assert r["encode_ms_per_sample"] > 0 and r["collate_ms_per_batch"] > 0 and r["workers_for_goal"] >= 1
+    assert r["getitem_ms_per_sample"] > 0 and r["setup_ms_per_sample"] > 0 and r["collate_ms_per_batch"] > 0
+    assert r["workers_for_goal"] >= 1
     assert isinstance(r["goal_met"], bool)
 
 

@@ -2,8 +2,10 @@
 
 A :class:`Conversation` is alternating user/assistant messages (no image token in the text) plus an optional image.
 :class:`ConversationEncoder` renders it with the chat template (see :mod:`lit_hyperet.data.templates`), puts the
-processor's image token first in the first user turn (``"<image>\\n" + text``, as LLaVA does) and lets the
-``LlavaProcessor`` expand it to as many tokens as the vision tower yields features.
+processor's image token first in the first user turn (``"<image>\\n" + text``, as LLaVA does) and expands it to as
+many tokens as the ``LlavaProcessor`` does (the vision tower's feature count, measured once through the processor);
+images go through the processor's image processor on their own (:meth:`ConversationEncoder.process_image`), so
+the text can be encoded once and reused.
 
 Masks are exact because the text is cut into pieces by rendering growing prefixes of the conversation: for turn k the
 prompt ``render(messages[:2k+1], add_generation_prompt=True)`` must be a prefix of ``render(messages[:2k+2])`` and the
@@ -98,17 +100,24 @@ class ConversationEncoder:
         self.answer_prefix = answer_prefix
         self.image_token: str | None = getattr(processor, "image_token", None)
         self._num_image_tokens: int | None = None
+        self._image_size: tuple[int, int] | None = None  # pixel_values H, W of the measurement
 
     # ----------------------------------------------------------------------------------------------------- pieces
     @property
     def num_image_tokens(self) -> int:
         """Tokens one image expands to, measured once by running the processor on a blank image."""
-        if self._num_image_tokens is None:
-            self._require_images("<encoder>")
-            out = self.processor(images=[Image.new("RGB", (64, 64))], text=[self.image_token], add_special_tokens=False)
-            ids = out["input_ids"][0]
-            self._num_image_tokens = sum(1 for i in ids if i == self.processor.image_token_id)
+        self._measure_image()
         return self._num_image_tokens
+
+    def _measure_image(self) -> None:
+        if self._num_image_tokens is not None:
+            return
+        self._require_images("<encoder>")
+        out = self.processor(
+            images=[Image.new("RGB", (64, 64))], text=[self.image_token], add_special_tokens=False, return_tensors="pt"
+        )
+        self._num_image_tokens = int((out["input_ids"][0] == self.processor.image_token_id).sum())
+        self._image_size = tuple(out["pixel_values"].shape[-2:])
 
     def _require_images(self, record: str) -> None:
         if self.image_token is None or not hasattr(self.processor, "image_processor"):
@@ -152,7 +161,36 @@ class ConversationEncoder:
     def encode(self, conv: Conversation, load_image: bool = True) -> EncodedSample:
         """Token ids, labels and prompt lengths; with ``load_image`` also the processed image (``pixel_values``).
 
-        ``load_image=False`` opens no file (lengths only: the image token is expanded to :attr:`num_image_tokens`).
+        ``load_image=False`` opens no file. :meth:`encode_text` and :meth:`process_image` are the two halves.
+        """
+        sample = self.encode_text(conv)
+        if conv.image is not None and load_image:
+            sample.pixel_values = self.process_image(conv)
+        return sample
+
+    def process_image(self, conv: Conversation) -> torch.Tensor:
+        """The sample's image through the processor's image processor: ``[1, 3, H, W]`` float.
+
+        ``LlavaProcessor`` expands ``<image>`` to a count that depends only on H and W, so an image processed to the
+        size measured by :attr:`num_image_tokens` gets exactly that many tokens; any other size is an error.
+        """
+        if conv.image is None:
+            raise DataError(f"{conv.where('image')}: the sample has no image")
+        self._require_images(conv.where())
+        self._measure_image()
+        pixel_values = self.processor.image_processor(images=[conv.image.open()], return_tensors="pt")["pixel_values"]
+        if tuple(pixel_values.shape[-2:]) != self._image_size:
+            raise DataError(
+                f"{conv.where('image')}: the image processor gave a {tuple(pixel_values.shape[-2:])} image, not the "
+                f"{self._image_size} that {self.num_image_tokens} image tokens were measured on; image-size-dependent "
+                "token counts are not supported"
+            )
+        return pixel_values[:1].float()
+
+    def encode_text(self, conv: Conversation) -> EncodedSample:
+        """Token ids, labels and prompt lengths without opening the image (``pixel_values`` is ``None``).
+
+        The image token is expanded to :attr:`num_image_tokens` copies, as the processor does, before tokenising.
         """
         pieces = self.pieces(conv)
         text = "".join(p for p, _ in pieces)
@@ -166,21 +204,14 @@ class ConversationEncoder:
             extra = piece.count(self.image_token) * (n_img - 1) * len(self.image_token) if n_img > 1 else 0
             pos += len(piece) + extra
         expanded = text.replace(self.image_token, self.image_token * n_img) if conv.image is not None else text
-        pixel_values = None
-        if conv.image is not None and load_image:
-            out = self.processor(
-                images=[conv.image.open()], text=[text], add_special_tokens=add_special, return_offsets_mapping=True
-            )
-            pixel_values = torch.as_tensor(out["pixel_values"][0]).unsqueeze(0).float()
-            ids, offsets = list(out["input_ids"][0]), out["offset_mapping"][0]
+        out = self.tokenizer(expanded, add_special_tokens=add_special, return_offsets_mapping=True)
+        ids, offsets = list(out["input_ids"]), out["offset_mapping"]
+        if conv.image is not None:
             found = sum(1 for i in ids if i == self.processor.image_token_id)
             if found != n_img:
                 raise DataError(
-                    f"{conv.where('image')}: processor expanded the image to {found} tokens, expected {n_img}"
+                    f"{conv.where('image')}: the text holds {found} image tokens after tokenisation, expected {n_img}"
                 )
-        else:
-            out = self.tokenizer(expanded, add_special_tokens=add_special, return_offsets_mapping=True)
-            ids, offsets = list(out["input_ids"]), out["offset_mapping"]
         token_pieces = [bisect.bisect_right(starts, start) - 1 for start, _ in offsets]
         for (start, stop), p in zip(offsets, token_pieces, strict=True):
             if p + 1 < len(starts) and start < starts[p + 1] < stop:
@@ -198,7 +229,6 @@ class ConversationEncoder:
             answer_prefix_length=self._answer_prefix_length(
                 conv, pieces[last][0], starts[last], offsets, prompt_length
             ),
-            pixel_values=pixel_values,
         )
 
     def _answer_prefix_length(

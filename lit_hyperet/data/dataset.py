@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-import torch
 from torch.utils.data import Dataset
 
 from lit_hyperet.data.conversation import Conversation, ConversationEncoder, EncodedSample
 from lit_hyperet.data.errors import DataError
+from lit_hyperet.data.token_store import StoredText, TokenStore
 
 log = logging.getLogger(__name__)
 Mode = Literal["train", "generate"]
@@ -18,16 +18,19 @@ Overflow = Literal["error", "skip"]
 
 
 class ConversationDataset(Dataset):
-    """Conversations encoded lazily (images are opened in ``__getitem__``, i.e. in the DataLoader workers).
+    """Conversations with their texts encoded up front and their images processed lazily, in ``__getitem__`` (the
+    DataLoader workers).
 
     ``mode="train"`` items: ``id``, ``input_ids``, ``labels``, ``pixel_values`` (``[1,3,H,W]`` or ``None``).
     ``mode="generate"`` items: ``id``, ``input_ids`` (the prompt; with ``protocol="answer_prefix"`` it ends with
     ``" The answer is"``), ``pixel_values``, ``meta``, ``reference`` (gold reply text).
 
-    At construction every sample is encoded once without opening images (missing image files are reported here) and
-    measured against ``max_length`` (training: the whole conversation; generation: the prompt). Nothing is truncated:
-    ``on_overflow="error"`` raises ``DataError`` naming file and id, ``"skip"`` drops the sample, counts it in
-    :attr:`num_skipped` / :attr:`skipped_ids` and logs a warning with the count. ``max_length=None`` checks nothing.
+    At construction every sample's text is encoded once without opening images (missing image files are reported
+    here), kept in a :class:`~lit_hyperet.data.token_store.TokenStore` and measured against ``max_length``
+    (training: the whole conversation; generation: the prompt). Nothing is truncated: ``on_overflow="error"`` raises
+    ``DataError`` naming file and id, ``"skip"`` drops the sample, counts it in :attr:`num_skipped` /
+    :attr:`skipped_ids` and logs a warning with the count. ``max_length=None`` checks nothing. A fetch reads the
+    stored text and runs only the image processor.
     """
 
     def __init__(
@@ -49,7 +52,9 @@ class ConversationDataset(Dataset):
         self.encoder, self.mode, self.protocol, self.name = encoder, mode, protocol, name
         self.max_length, self.on_overflow = max_length, on_overflow
         self.skipped_ids: list[str] = []
+        self.texts = TokenStore(getattr(encoder.processor, "image_token_id", None))
         self.conversations = [c for c in conversations if self._keep(c)]
+        self.texts.freeze()
         if self.skipped_ids:
             log.warning(
                 "%s: skipped %d of %d samples longer than max_length=%d tokens (on_overflow='skip'); first ids: %s",
@@ -65,12 +70,12 @@ class ConversationDataset(Dataset):
         """Samples dropped because they exceed ``max_length``."""
         return len(self.skipped_ids)
 
-    def _length(self, conv: Conversation, enc: EncodedSample) -> int:
+    def _length(self, conv: Conversation, enc: EncodedSample | StoredText) -> int:
         if self.mode == "train":
             return len(enc.input_ids)
         return self._prompt_length(conv, enc)
 
-    def _prompt_length(self, conv: Conversation, enc: EncodedSample) -> int:
+    def _prompt_length(self, conv: Conversation, enc: EncodedSample | StoredText) -> int:
         if self.protocol == "generate":
             return enc.prompt_length
         if enc.answer_prefix_length is None:
@@ -83,9 +88,10 @@ class ConversationDataset(Dataset):
     def _keep(self, conv: Conversation) -> bool:
         if conv.image is not None:
             conv.image.check_exists()
-        enc = self.encoder.encode(conv, load_image=False)
+        enc = self.encoder.encode_text(conv)
         length = self._length(conv, enc)
         if self.max_length is None or length <= self.max_length:
+            self.texts.append(enc)
             return True
         if self.on_overflow == "error":
             raise DataError(
@@ -100,13 +106,13 @@ class ConversationDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         conv = self.conversations[index]
-        enc = self.encoder.encode(conv, load_image=True)
-        item: dict[str, Any] = {"id": conv.id, "pixel_values": enc.pixel_values}
+        text = self.texts[index]
+        pixel_values = self.encoder.process_image(conv) if conv.image is not None else None
+        item: dict[str, Any] = {"id": conv.id, "pixel_values": pixel_values}
         if self.mode == "train":
-            item["input_ids"] = torch.tensor(enc.input_ids, dtype=torch.long)
-            item["labels"] = torch.tensor(enc.labels, dtype=torch.long)
+            item["input_ids"], item["labels"] = text.input_ids, text.labels
         else:
-            item["input_ids"] = torch.tensor(enc.input_ids[: self._prompt_length(conv, enc)], dtype=torch.long)
+            item["input_ids"] = text.input_ids[: self._prompt_length(conv, text)]
             item["meta"] = dict(conv.meta)
             item["reference"] = conv.reference
         return item
