@@ -110,9 +110,14 @@ def time_method() -> str:
     return f"{TIME_METHOD}; clock: {clock}{heap}"
 
 
+def clock() -> Callable[[], float]:
+    """The clock :func:`clock_name` names: ``time.process_time`` or ``time.perf_counter``."""
+    return time.process_time if clock_name() == "cpu" else time.perf_counter
+
+
 def time_call(fn: Callable[[], Any]) -> float:
     """Seconds of one call on the clock of :func:`clock_name`."""
-    now = time.process_time if clock_name() == "cpu" else time.perf_counter
+    now = clock()
     start = now()
     fn()
     return now() - start

@@ -17,7 +17,6 @@ import math
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ if __name__ == "__main__":  # run as a script: re-enter as ``benchmarks.data_thr
 import torch
 from torch import nn
 
-from benchmarks._common import clock_name, fmt, machine, script_main, table
+from benchmarks._common import clock, clock_name, fmt, machine, script_main, table, time_call
 from benchmarks._models import adamw_step
 from lit_hyperet.data.demo import make_demo_data
 from lit_hyperet.data.scienceqa_datamodule import ScienceQADataModule
@@ -55,14 +54,8 @@ def train_loader(data_dir: Path, processor: Any, batch_size: int) -> tuple[torch
         batch_size=batch_size,
         num_workers=0,
     )
-    now = _clock()
-    start = now()
-    dm.setup("fit")
-    return dm.train_dataloader(), now() - start
-
-
-def _clock() -> Any:
-    return time.process_time if clock_name() == "cpu" else time.perf_counter
+    setup_s = time_call(lambda: dm.setup("fit"))
+    return dm.train_dataloader(), setup_s
 
 
 def train_step(model: nn.Module) -> Any:
@@ -79,7 +72,7 @@ def measure(loader: torch.utils.data.DataLoader, step: Any, rounds: int, warmup:
     Fetching is what the DataLoader does with ``num_workers=0``: ``collate_fn([dataset[i] for i in indices])``, with
     the indices drawn from its batch sampler.
     """
-    now = _clock()
+    now = clock()
     out: dict[str, list[float]] = {"getitem": [], "collate": [], "fetch": [], "step": [], "size": []}
     indices = iter(loader.batch_sampler)
     for i in range(warmup + rounds):

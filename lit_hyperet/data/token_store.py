@@ -25,7 +25,7 @@ class StoredText(NamedTuple):
     answer_prefix_length: int | None
 
 
-def _frozen(values: array) -> torch.Tensor:
+def _as_tensor(values: array) -> torch.Tensor:
     dtype = torch.int32 if values.typecode == "i" else torch.int64
     return torch.frombuffer(values, dtype=dtype).clone() if len(values) else torch.zeros(0, dtype=dtype)
 
@@ -72,12 +72,12 @@ class TokenStore:
         """Move the buffers into tensors; no more appends."""
         if self._frozen is None:
             self._frozen = {
-                "codes": _frozen(self._codes),
-                "offsets": _frozen(self._offsets),
-                "image_at": _frozen(self._image_at),
-                "image_len": _frozen(self._image_len),
-                "prompt": _frozen(self._prompt),
-                "prefix": _frozen(self._prefix),
+                "codes": _as_tensor(self._codes),
+                "offsets": _as_tensor(self._offsets),
+                "image_at": _as_tensor(self._image_at),
+                "image_len": _as_tensor(self._image_len),
+                "prompt": _as_tensor(self._prompt),
+                "prefix": _as_tensor(self._prefix),
             }
             del self._codes, self._offsets, self._image_at, self._image_len, self._prompt, self._prefix
 
