@@ -277,6 +277,17 @@ def run(quick: bool = False, tiny: bool = False) -> dict:
     return result
 
 
+def describe_model(s: dict[str, Any], with_batch: bool = True) -> str:
+    """One line of the measured model's shape (a :class:`Shape` as a dict), with or without its batch size."""
+    tokens = f"(1 + {s['image_size'] // s['patch_size']}² image + {s['text_tokens']} text) tokens"
+    return (
+        f"CLIP tower {s['vision_hidden']}×{s['vision_layers']} layers @ {s['image_size']} px / patch "
+        f"{s['patch_size']}, Llama {s['llm_hidden']}×{s['llm_layers']} layers, vocab {s['vocab']}, "
+        + (f"batch {s['batch']} × {tokens}" if with_batch else f"{tokens} per sample")
+        + ", LoRA r 8"
+    )
+
+
 def batch_scaling(batches: list[int], quick: bool = False, tiny: bool = False) -> dict:
     """Step time of ``full/hyperbolic`` ÷ ``grad_baseline`` at each batch size (interleaved, one process per call)."""
     base = TINY if tiny else QUICK_SHAPE if quick else CLIP_B16
@@ -317,9 +328,7 @@ def format_batch_scaling(result: dict) -> str:
                      f"≤ {r['goal_time_ratio']:.2f}: {met}"])  # fmt: skip
     return "\n".join(
         [
-            f"model: CLIP tower {s['vision_hidden']}×{s['vision_layers']} layers @ {s['image_size']} px, Llama "
-            f"{s['llm_hidden']}×{s['llm_layers']}, (1 + {s['image_size'] // s['patch_size']}² image + "
-            f"{s['text_tokens']} text) tokens per sample; median of {result['rounds']} rounds per batch size",
+            f"model: {describe_model(s, with_batch=False)}; median of {result['rounds']} rounds per batch size",
             table(["batch", "grad_baseline ms", "full/hyperbolic ms", "ratio (IQR)", "goal"], rows),
             f"time: {result['time_method']}",
         ]
@@ -378,10 +387,7 @@ def format_table(result: dict) -> str:
         goal = f"≤ {GOALS[key]:.2f}: {'met' if flops[key]['goal_met'] else 'MISSED'}" if key in GOALS else ""
         flop_rows.append([key, fmt(flops[key]["tflop"], 2), fmt(flops[key]["flop_ratio"], 4), goal])
     lines = [
-        f"model: CLIP tower {s['vision_hidden']}×{s['vision_layers']} layers @ {s['image_size']} px / patch "
-        f"{s['patch_size']}, Llama {s['llm_hidden']}×{s['llm_layers']} layers, vocab {s['vocab']}, batch "
-        f"{s['batch']} × (1 + {s['image_size'] // s['patch_size']}² image + {s['text_tokens']} text) tokens, LoRA r 8; "
-        f"median of {result['rounds']} rounds",
+        f"model: {describe_model(s)}; median of {result['rounds']} rounds",
         table(head, rows),
         f"HyperET work (alone): forward of the {2 * s['vision_layers']} adapted q/v weights and backward to M, "
         f"median of {result['work_rounds']} interleaved rounds; isolated ratio = 1 + work / grad_baseline step",
