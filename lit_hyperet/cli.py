@@ -81,7 +81,6 @@ class HyperETCLI(LightningCLI):
             }
         )
 
-
     def before_instantiate_classes(self) -> None:
         """Apply ``torch_num_threads`` before any model is built."""
         config = self.config[self.subcommand] if self.subcommand else self.config

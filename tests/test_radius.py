@@ -145,10 +145,16 @@ def test_collect_counts_text_only_and_truncates(tiny_model_dir: Path) -> None:
 
     llava = LlavaForConditionalGeneration.from_pretrained(tiny_model_dir).eval()
     pixels = _pixels(tiny_model_dir, n=3)
-    metas = [{"has_image": h, "subject": "natural science", "grade": g} for h, g in
-             [(True, "grade2"), (False, "grade8"), (True, "grade9"), (True, "grade3"), (False, "grade1")]]
-    batch = {"ids": ["a", "b", "c", "d", "e"], "meta": metas, "pixel_values": pixels,
-             "input_ids": torch.zeros(5, 4, dtype=torch.long)}
+    metas = [
+        {"has_image": h, "subject": "natural science", "grade": g}
+        for h, g in [(True, "grade2"), (False, "grade8"), (True, "grade9"), (True, "grade3"), (False, "grade1")]
+    ]
+    batch = {
+        "ids": ["a", "b", "c", "d", "e"],
+        "meta": metas,
+        "pixel_values": pixels,
+        "input_ids": torch.zeros(5, 4, dtype=torch.long),
+    }
     assert take_first(batch, 3)["pixel_values"].shape[0] == 2
     result = collect(llava, [batch], RunResult("r", ["x.yaml"], None, "val"), TokenSelection(), max_samples=4)
     assert [r.id for r in result.records] == ["a", "c", "d"]
@@ -170,12 +176,21 @@ def _fake_result(name: str, offset: float, n: int = 10) -> RunResult:
     records = []
     for i in range(n):
         rad = offset + i + rng.random(16)
-        values = {"vision": {"rad": rad, "ball_norm": np.tanh(0.1 * rad / 2) / 0.1,
-                             "norm_radius": np.tanh(0.1 * rad / 2)}}
+        values = {
+            "vision": {"rad": rad, "ball_norm": np.tanh(0.1 * rad / 2) / 0.1, "norm_radius": np.tanh(0.1 * rad / 2)}
+        }
         cats = {"subject": "natural science" if i % 2 else "language science", "grade_band": grade_band("grade3")}
         records.append(ImageRecord(str(i), cats, values, correct=i >= n // 2, prediction="A"))
-    return RunResult(name, ["c.yaml"], None, "val", records=records, samples_seen=n + 2, skipped_text_only=2,
-                     text_only_correct=[True, False])
+    return RunResult(
+        name,
+        ["c.yaml"],
+        None,
+        "val",
+        records=records,
+        samples_seen=n + 2,
+        skipped_text_only=2,
+        text_only_correct=[True, False],
+    )
 
 
 def test_plot_is_valid_png(tmp_path: Path) -> None:
@@ -208,8 +223,22 @@ def test_cli_end_to_end(tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Pat
     config = _config(tmp_path, tiny_model_dir, demo_data_dir)
     out = tmp_path / "out"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "lit_hyperet", "radius", "--config", str(config), "--max-samples", "8",
-           "--out", str(out), "--with-accuracy", "--projector", "--bins", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lit_hyperet",
+        "radius",
+        "--config",
+        str(config),
+        "--max-samples",
+        "8",
+        "--out",
+        str(out),
+        "--with-accuracy",
+        "--projector",
+        "--bins",
+        "3",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "radius_summary.json").read_text())
@@ -247,8 +276,22 @@ def test_comparison_one_combined_plot(tmp_path: Path, tiny_model_dirs: dict[str,
     runs = tmp_path / "runs.yaml"
     runs.write_text(yaml.safe_dump({"runs": [{"name": "siglip", "config": str(siglip)}]}))
     out = tmp_path / "cmp"
-    argv = ["--run", f"before={config}", "--run", f"again={config}", "--run", f"after={config}:{ckpt}",
-            "--runs", str(runs), "--max-samples", "6", "--out", str(out), "--no-mlflow", "--include-cls"]
+    argv = [
+        "--run",
+        f"before={config}",
+        "--run",
+        f"again={config}",
+        "--run",
+        f"after={config}:{ckpt}",
+        "--runs",
+        str(runs),
+        "--max-samples",
+        "6",
+        "--out",
+        str(out),
+        "--no-mlflow",
+        "--include-cls",
+    ]
     assert radius_main(argv) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["radius.png"]
     _assert_png(out / "radius.png")

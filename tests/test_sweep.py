@@ -28,10 +28,13 @@ def _write(path: Path, data: dict) -> Path:
 
 @pytest.fixture
 def base_config(tmp_path: Path) -> Path:
-    return _write(tmp_path / "base.yaml", {
-        "model": {"init_args": {"hyperet": {"variant": "diagonal"}, "model": {"init_args": {"vision": "clip"}}}},
-        "data": {"init_args": {"test_split": "test"}},
-    })
+    return _write(
+        tmp_path / "base.yaml",
+        {
+            "model": {"init_args": {"hyperet": {"variant": "diagonal"}, "model": {"init_args": {"vision": "clip"}}}},
+            "data": {"init_args": {"test_split": "test"}},
+        },
+    )
 
 
 @pytest.fixture
@@ -60,14 +63,17 @@ def _children(uri: str, experiment: str) -> list:
 
 
 def test_grid_exclude_include_and_seeds(tmp_path: Path, base_config: Path) -> None:
-    sweep_file = _write(tmp_path / "grid.yaml", {
-        "configs": [str(base_config)],
-        "overrides": {"trainer.max_steps": 3},
-        "axes": {VARIANT: ["diagonal", "banded"], SPACE: ["euclidean", "hyperbolic_no_mobius", "hyperbolic"]},
-        "exclude": [{VARIANT: "banded", SPACE: "euclidean"}],
-        "include": [{"name": "baseline", "model.init_args.hyperet": None}],
-        "seeds": [0, 1],
-    })
+    sweep_file = _write(
+        tmp_path / "grid.yaml",
+        {
+            "configs": [str(base_config)],
+            "overrides": {"trainer.max_steps": 3},
+            "axes": {VARIANT: ["diagonal", "banded"], SPACE: ["euclidean", "hyperbolic_no_mobius", "hyperbolic"]},
+            "exclude": [{VARIANT: "banded", SPACE: "euclidean"}],
+            "include": [{"name": "baseline", "model.init_args.hyperet": None}],
+            "seeds": [0, 1],
+        },
+    )
     sweep = load_sweep(sweep_file, ["trainer.max_steps=5"])
     trials = expand(sweep)
     assert sweep.name == "grid" and len(trials) == (2 * 3 - 1 + 1) * 2
@@ -93,22 +99,37 @@ def test_grid_exclude_include_and_seeds(tmp_path: Path, base_config: Path) -> No
 
 def test_bundle_and_config_axes_and_list_includes(tmp_path: Path, base_config: Path) -> None:
     delta = _write(tmp_path / "banded.yaml", {"model": {"init_args": {"hyperet": {"variant": "banded"}}}})
-    sweep_file = _write(tmp_path / "bundles.yaml", {
-        "name": "b",
-        "configs": [str(base_config)],
-        "axes": {
-            "encoder": [{"name": "clip", "model.init_args.model.init_args.vision": "clip"},
-                        {"name": "siglip", "model.init_args.model.init_args.vision": "siglip"}],
-            "config": [None, str(delta)],
+    sweep_file = _write(
+        tmp_path / "bundles.yaml",
+        {
+            "name": "b",
+            "configs": [str(base_config)],
+            "axes": {
+                "encoder": [
+                    {"name": "clip", "model.init_args.model.init_args.vision": "clip"},
+                    {"name": "siglip", "model.init_args.model.init_args.vision": "siglip"},
+                ],
+                "config": [None, str(delta)],
+            },
+            "exclude": [{"encoder": "siglip", "config": None}],
+            "include": [
+                {
+                    "name": "baseline",
+                    "model.init_args.hyperet": None,
+                    "model.init_args.model.init_args.vision": ["clip", "siglip"],
+                }
+            ],
         },
-        "exclude": [{"encoder": "siglip", "config": None}],
-        "include": [{"name": "baseline", "model.init_args.hyperet": None,
-                     "model.init_args.model.init_args.vision": ["clip", "siglip"]}],
-    })
+    )
     trials = expand(load_sweep(sweep_file))
     names = [t.name for t in trials]
-    assert names == ["baseline,vision=clip", "baseline,vision=siglip", "encoder=clip,config=null",
-                     "encoder=clip,config=banded", "encoder=siglip,config=banded"]
+    assert names == [
+        "baseline,vision=clip",
+        "baseline,vision=siglip",
+        "encoder=clip,config=null",
+        "encoder=clip,config=banded",
+        "encoder=siglip,config=banded",
+    ]
     last = trials[-1]
     assert last.configs[-1] == str(delta) and last.resolved["model"]["init_args"]["hyperet"]["variant"] == "banded"
     assert last.resolved["model"]["init_args"]["model"]["init_args"]["vision"] == "siglip"
@@ -134,13 +155,16 @@ def test_errors_name_the_file_and_key(tmp_path: Path, base_config: Path, content
 
 
 def test_dry_run_prints_one_command_per_trial(tmp_path: Path, base_config: Path, capsys) -> None:
-    sweep_file = _write(tmp_path / "dry.yaml", {
-        "configs": [str(base_config)],
-        "axes": {VARIANT: ["diagonal", "banded", "full"]},
-        "include": [{"name": "baseline", "model.init_args.hyperet": None}],
-        "seeds": [0, 1],
-        "env": {"OMP_NUM_THREADS": "1"},
-    })
+    sweep_file = _write(
+        tmp_path / "dry.yaml",
+        {
+            "configs": [str(base_config)],
+            "axes": {VARIANT: ["diagonal", "banded", "full"]},
+            "include": [{"name": "baseline", "model.init_args.hyperet": None}],
+            "seeds": [0, 1],
+            "env": {"OMP_NUM_THREADS": "1"},
+        },
+    )
     strategy = _write(tmp_path / "ddp.yaml", {"trainer": {"strategy": "ddp"}})
     argv = [str(sweep_file), "--dry-run", "--override", "trainer.max_steps=5", "trainer.devices=8"]
     argv += ["--config", str(strategy)]
@@ -177,13 +201,16 @@ FAKE_CLI = textwrap.dedent("""
 def _fake_sweep(tmp_path: Path, base_config: Path, variants: list[str]) -> Path:
     """A sweep whose launcher is a stand-in script (``command``), so no model is trained."""
     (tmp_path / "fake_cli.py").write_text(FAKE_CLI)
-    return _write(tmp_path / "fake.yaml", {
-        "experiment": "fake",
-        "configs": [str(base_config)],
-        "command": ["python", str(tmp_path / "fake_cli.py")],
-        "test": False,
-        "axes": {VARIANT: variants},
-    })
+    return _write(
+        tmp_path / "fake.yaml",
+        {
+            "experiment": "fake",
+            "configs": [str(base_config)],
+            "command": ["python", str(tmp_path / "fake_cli.py")],
+            "test": False,
+            "axes": {VARIANT: variants},
+        },
+    )
 
 
 def test_failure_is_recorded_and_resume_skips_finished(tmp_path: Path, base_config: Path, uri: str) -> None:
@@ -229,16 +256,21 @@ def test_max_trials_cuts_short_with_exit_zero_and_a_table(tmp_path: Path, base_c
 
 
 def test_report_from_runs_in_a_sqlite_store(tmp_path: Path, base_config: Path, uri: str, capsys) -> None:
-    sweep_file = _write(tmp_path / "rep.yaml", {
-        "experiment": "rep",
-        "configs": [str(base_config)],
-        "axes": {"variant": [
-            {"name": "block4", VARIANT: "block_diagonal", "model.init_args.hyperet.block_size": 4},
-            {"name": "banded2", VARIANT: "banded", "model.init_args.hyperet.band_width": 2},
-        ]},
-        "include": [{"name": "baseline", "model.init_args.hyperet": None}],
-        "seeds": [0, 1],
-    })
+    sweep_file = _write(
+        tmp_path / "rep.yaml",
+        {
+            "experiment": "rep",
+            "configs": [str(base_config)],
+            "axes": {
+                "variant": [
+                    {"name": "block4", VARIANT: "block_diagonal", "model.init_args.hyperet.block_size": 4},
+                    {"name": "banded2", VARIANT: "banded", "model.init_args.hyperet.band_width": 2},
+                ]
+            },
+            "include": [{"name": "baseline", "model.init_args.hyperet": None}],
+            "seeds": [0, 1],
+        },
+    )
     sweep = load_sweep(sweep_file)
     trials = expand(sweep)
     client = _client(uri)
@@ -247,11 +279,27 @@ def test_report_from_runs_in_a_sqlite_store(tmp_path: Path, base_config: Path, u
     # n = 64, 4 adapted matrices: block size 4 -> 256 per matrix, banded d = 2 -> 5n - 6 = 314
     setups = {
         "baseline": ({"hyperet": "None", "params/hyperet": "0", "params/hyperet_adapted_modules": "0"}, 1000, 0.50),
-        "variant=block4": ({"hyperet/variant": "block_diagonal", "hyperet/block_size": "4",
-                            "hyperet/num_blocks": "None", "params/hyperet": "1024",
-                            "params/hyperet_adapted_modules": "4"}, 2024, 0.60),
-        "variant=banded2": ({"hyperet/variant": "banded", "hyperet/band_width": "2", "params/hyperet": "1256",
-                             "params/hyperet_adapted_modules": "4"}, 2256, 0.55),
+        "variant=block4": (
+            {
+                "hyperet/variant": "block_diagonal",
+                "hyperet/block_size": "4",
+                "hyperet/num_blocks": "None",
+                "params/hyperet": "1024",
+                "params/hyperet_adapted_modules": "4",
+            },
+            2024,
+            0.60,
+        ),
+        "variant=banded2": (
+            {
+                "hyperet/variant": "banded",
+                "hyperet/band_width": "2",
+                "params/hyperet": "1256",
+                "params/hyperet_adapted_modules": "4",
+            },
+            2256,
+            0.55,
+        ),
     }
     for trial in trials:
         params, trainable, acc = setups[trial.config_name]
@@ -298,23 +346,26 @@ def test_report_from_runs_in_a_sqlite_store(tmp_path: Path, base_config: Path, u
 @pytest.mark.slow
 def test_demo_sweep_end_to_end(tmp_path: Path, uri: str, tiny_model_dir: Path, demo_data_dir: Path) -> None:
     """Two real trials through `python -m lit_hyperet fit` (and `test` where the data has a test split)."""
-    sweep_file = _write(tmp_path / "e2e.yaml", {
-        "experiment": "e2e",
-        "configs": [str(REPO / "configs/demo.yaml")],
-        "overrides": {
-            "model.init_args.model.init_args.path": str(tiny_model_dir),
-            "data.init_args.data_dir": str(demo_data_dir),
-            "data.init_args.batch_size": 2,
-            "data.init_args.eval_batch_size": 4,
-            "trainer.val_check_interval": 1,
-            "trainer.limit_val_batches": 1,
-            "trainer.limit_test_batches": 1,
-            "trainer.enable_progress_bar": False,
-            "trainer.enable_model_summary": False,
+    sweep_file = _write(
+        tmp_path / "e2e.yaml",
+        {
+            "experiment": "e2e",
+            "configs": [str(REPO / "configs/demo.yaml")],
+            "overrides": {
+                "model.init_args.model.init_args.path": str(tiny_model_dir),
+                "data.init_args.data_dir": str(demo_data_dir),
+                "data.init_args.batch_size": 2,
+                "data.init_args.eval_batch_size": 4,
+                "trainer.val_check_interval": 1,
+                "trainer.limit_val_batches": 1,
+                "trainer.limit_test_batches": 1,
+                "trainer.enable_progress_bar": False,
+                "trainer.enable_model_summary": False,
+            },
+            "axes": {VARIANT: ["banded"]},
+            "include": [{"name": "baseline", "model.init_args.hyperet": None, "data.init_args.test_split": None}],
         },
-        "axes": {VARIANT: ["banded"]},
-        "include": [{"name": "baseline", "model.init_args.hyperet": None, "data.init_args.test_split": None}],
-    })
+    )
     assert main([str(sweep_file), "--override", "trainer.max_steps=1"]) == 0
     runs = {r.data.tags["sweep.trial"]: r for r in _children(uri, "e2e")}
     assert set(runs) == {"baseline", "variant=banded"}

@@ -24,9 +24,9 @@ Hyperbolic radius of a LLaVA model's visual tokens (vision-tower layer, optional
 datamodule's val/test images; several runs (encoders, tasks, before/after training) side by side.
 
 Reported per token f, with x = exp0(f) in the Poincare ball of curvature -c:
-  rad          {FORMULAS['rad']}
-  ball_norm    {FORMULAS['ball_norm']}
-  norm_radius  {FORMULAS['norm_radius']}
+  rad          {FORMULAS["rad"]}
+  ball_norm    {FORMULAS["ball_norm"]}
+  norm_radius  {FORMULAS["norm_radius"]}
 'rad' is computed through geometry.radius(geometry.exp0(f, c), c) in float64; where geoopt's artanh clamp saturates
 that chain (sqrt(c)||f|| > ~8.4) the exact closed form 2||f|| is used and the tokens are counted.
 Text-only samples have no image: they are skipped and counted.
@@ -47,18 +47,37 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``radius`` subcommand."""
-    p = argparse.ArgumentParser(prog="python -m lit_hyperet radius", description=DESCRIPTION, epilog=EXAMPLES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m lit_hyperet radius",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     runs = p.add_argument_group("what to analyse")
-    runs.add_argument("--config", action="append", default=[], metavar="FILE.yaml",
-                      help="LightningCLI config (repeatable: merged in order) of a single run")
+    runs.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE.yaml",
+        help="LightningCLI config (repeatable: merged in order) of a single run",
+    )
     runs.add_argument("--ckpt", help="checkpoint whose trainable tensors are loaded onto the single run's model")
     runs.add_argument("--name", help="name of the single run (default: config stem [+ checkpoint stem])")
-    runs.add_argument("--run", action="append", default=[], metavar="NAME=CONFIG[,CONFIG...][:CKPT]",
-                      help="a named run for comparisons (repeatable)")
+    runs.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        metavar="NAME=CONFIG[,CONFIG...][:CKPT]",
+        help="a named run for comparisons (repeatable)",
+    )
     runs.add_argument("--runs", metavar="FILE.yaml", help="YAML with runs: [{name, config, ckpt, overrides}]")
-    runs.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                      help="LightningCLI override applied to every run, e.g. data.init_args.eval_batch_size=4")
+    runs.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="LightningCLI override applied to every run, e.g. data.init_args.eval_batch_size=4",
+    )
     runs.add_argument("--split", choices=SPLITS, default="val", help="the datamodule's val or test data (default val)")
     runs.add_argument("--max-samples", type=int, help="samples visited per run, text-only ones included")
     tok = p.add_argument_group("tokens and geometry")
@@ -67,15 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--include-cls", action="store_true", help="keep the CLS token (CLIP/DINOv2; SigLIP has none)")
     tok.add_argument("--projector", action="store_true", help="also analyse the projector's output tokens")
     acc = p.add_argument_group("radius as uncertainty")
-    acc.add_argument("--with-accuracy", action="store_true",
-                     help="generate each answer greedily and report accuracy per radius quantile bin")
+    acc.add_argument(
+        "--with-accuracy",
+        action="store_true",
+        help="generate each answer greedily and report accuracy per radius quantile bin",
+    )
     acc.add_argument("--bins", type=int, default=5, help="radius quantile bins (default 5)")
     acc.add_argument("--bin-quantity", choices=QUANTITIES, default="rad", help="quantity binned (default rad)")
     out = p.add_argument_group("outputs")
     out.add_argument("--out", help="output dir (default outputs/radius/<name>)")
-    out.add_argument("--group-by", action="append", metavar="FIELD",
-                     help="category fields of the summary (repeatable; default: subject, grade_band); the first "
-                     "one groups the plot's violins")
+    out.add_argument(
+        "--group-by",
+        action="append",
+        metavar="FIELD",
+        help="category fields of the summary (repeatable; default: subject, grade_band); the first "
+        "one groups the plot's violins",
+    )
     out.add_argument("--plot-quantity", choices=QUANTITIES, default="rad", help="quantity plotted (default rad)")
     out.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     out.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
@@ -143,8 +169,10 @@ def analyse(spec: RunSpec, args: argparse.Namespace, selection: TokenSelection) 
     result = RunResult(spec.name, spec.configs, spec.ckpt, split_name, model_info(module, selection))
     collect(module.llava, loader, result, selection, args.curvature, args.max_samples, generate, device)
     if not result.records:
-        raise ValueError(f"run {spec.name!r}: no image among the {result.samples_seen} samples visited "
-                         f"({result.skipped_text_only} text-only skipped)")
+        raise ValueError(
+            f"run {spec.name!r}: no image among the {result.samples_seen} samples visited "
+            f"({result.skipped_text_only} text-only skipped)"
+        )
     del module, datamodule
     gc.collect()
     return result
@@ -173,9 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     for res in results:
         rad = [r.values["vision"]["rad"].mean() for r in res.records]
         nrm = [r.values["vision"]["norm_radius"].mean() for r in res.records]
-        print(f"{res.name}: {len(res.records)} images ({res.skipped_text_only} text-only skipped of "
-              f"{res.samples_seen} samples); vision rad (mean of image means) "
-              f"{sum(rad) / len(rad):.4f}, norm_radius {sum(nrm) / len(nrm):.4f}")
+        print(
+            f"{res.name}: {len(res.records)} images ({res.skipped_text_only} text-only skipped of "
+            f"{res.samples_seen} samples); vision rad (mean of image means) "
+            f"{sum(rad) / len(rad):.4f}, norm_radius {sum(nrm) / len(nrm):.4f}"
+        )
     for kind, path in written.items():
         print(f"{kind}: {path}")
     return 0

@@ -48,16 +48,21 @@ def write_outputs(
     written["groups_csv"] = report.write_csv(out / report.GROUPS_CSV, list(report.GROUP_COLUMNS), table)
     written["table_md"] = report.write_table(out / report.TABLE_MD, table, args.curvature)
     layers = sorted({str(r.model.get("layer")) for r in results})
-    title = (f"{plots.LABELS[args.plot_quantity]} of visual tokens (c = {args.curvature}, layer {', '.join(layers)}, "
-             f"{args.split})")
+    title = (
+        f"{plots.LABELS[args.plot_quantity]} of visual tokens (c = {args.curvature}, layer {', '.join(layers)}, "
+        f"{args.split})"
+    )
     written["plot"] = plots.plot_radius(results, out / plots.RADIUS_PNG, args.plot_quantity, group_by[0], title)
     if args.with_accuracy:
         rows_rel = reliability.reliability_rows(results, args.bins, "vision", args.bin_quantity)
-        written["reliability_csv"] = report.write_csv(out / reliability.RELIABILITY_CSV, list(reliability.COLUMNS),
-                                                      rows_rel)
-        note = (f"Images sorted by their mean vision-token `{args.bin_quantity}` "
-                f"({FORMULAS[args.bin_quantity]}) and split into {args.bins} equal-count bins per run; accuracy of "
-                "the greedy answer (ScienceQA answer extraction) per bin. `text-only`: samples without an image.")
+        written["reliability_csv"] = report.write_csv(
+            out / reliability.RELIABILITY_CSV, list(reliability.COLUMNS), rows_rel
+        )
+        note = (
+            f"Images sorted by their mean vision-token `{args.bin_quantity}` "
+            f"({FORMULAS[args.bin_quantity]}) and split into {args.bins} equal-count bins per run; accuracy of "
+            "the greedy answer (ScienceQA answer extraction) per bin. `text-only`: samples without an image."
+        )
         written["reliability_md"] = reliability.write_markdown(out / reliability.RELIABILITY_MD, rows_rel, note)
         written["reliability_plot"] = plots.plot_reliability(rows_rel, out / plots.RELIABILITY_PNG)
         summary["reliability"] = rows_rel

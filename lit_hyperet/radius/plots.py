@@ -31,7 +31,10 @@ def _colours(n: int) -> list[Any]:
 
 
 def plot_radius(
-    results: Sequence[RunResult], path: Path, quantity: str = "rad", group_field: str | None = "subject",
+    results: Sequence[RunResult],
+    path: Path,
+    quantity: str = "rad",
+    group_field: str | None = "subject",
     title: str = "",
 ) -> Path:
     """One figure for all runs: per source a row with the token histogram (left) and per-group violins of the
@@ -106,12 +109,18 @@ def plot_reliability(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     for run, colour in zip(runs, _colours(len(runs)), strict=True):
         binned = [r for r in rows if r["run"] == run and isinstance(r["bin"], int)]
         if binned:
-            ax.plot([r["bin"] for r in binned], [r["accuracy"] for r in binned], "o-", color=colour,
-                    label=f"{run} (n={sum(r['n'] for r in binned)})")
+            ax.plot(
+                [r["bin"] for r in binned],
+                [r["accuracy"] for r in binned],
+                "o-",
+                color=colour,
+                label=f"{run} (n={sum(r['n'] for r in binned)})",
+            )
         for r in rows:
             if r["run"] == run and r["bin"] == "text-only":
-                ax.axhline(r["accuracy"], color=colour, linestyle="--", linewidth=1,
-                           label=f"{run} text-only (n={r['n']})")
+                ax.axhline(
+                    r["accuracy"], color=colour, linestyle="--", linewidth=1, label=f"{run} text-only (n={r['n']})"
+                )
     quantity = rows[0]["quantity"] if rows else "rad"
     ax.set_xlabel(f"radius quantile bin (1 = lowest mean {quantity})")
     ax.set_ylabel("accuracy")

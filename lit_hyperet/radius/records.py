@@ -10,7 +10,15 @@ import numpy as np
 
 #: Per-sample meta fields copied into the records (when the datamodule's meta has them), in CSV column order.
 CATEGORY_FIELDS: tuple[str, ...] = (
-    "split", "subject", "topic", "category", "skill", "grade", "grade_band", "has_text", "answer"
+    "split",
+    "subject",
+    "topic",
+    "category",
+    "skill",
+    "grade",
+    "grade_band",
+    "has_text",
+    "answer",
 )
 _GRADE = re.compile(r"(\d+)")
 

@@ -40,16 +40,27 @@ def reliability_rows(
 
 
 def _row(run: str, source: str, quantity: str, b: int | str, lo: float, hi: float, n: int, k: int) -> dict[str, Any]:
-    return {"run": run, "source": source, "quantity": quantity, "bin": b, "lo": float(lo), "hi": float(hi), "n": n,
-            "correct": k, "accuracy": k / n if n else float("nan")}
+    return {
+        "run": run,
+        "source": source,
+        "quantity": quantity,
+        "bin": b,
+        "lo": float(lo),
+        "hi": float(hi),
+        "n": n,
+        "correct": k,
+        "accuracy": k / n if n else float("nan"),
+    }
 
 
 def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """A markdown table of the reliability rows."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        cells = [f"{v:.4g}" if isinstance(v, float) and v == v else ("" if isinstance(v, float) else str(v))
-                 for v in (r[c] for c in COLUMNS)]
+        cells = [
+            f"{v:.4g}" if isinstance(v, float) and v == v else ("" if isinstance(v, float) else str(v))
+            for v in (r[c] for c in COLUMNS)
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

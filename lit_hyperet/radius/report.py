@@ -17,8 +17,13 @@ GROUPS_CSV = "radius_groups.csv"
 TABLE_MD = "radius_table.md"
 SUMMARY_JSON = "radius_summary.json"
 GROUP_COLUMNS = (
-    "run", "source", "group", "images", "tokens",
-    *(f"{q}_{s}" for q in QUANTITIES for s in ("mean", "std", "q50")), "rad_mean_ratio_to_first",
+    "run",
+    "source",
+    "group",
+    "images",
+    "tokens",
+    *(f"{q}_{s}" for q in QUANTITIES for s in ("mean", "std", "q50")),
+    "rad_mean_ratio_to_first",
 )
 IDENTITY = "Rad(exp0(f)) = 2 * ||f|| exactly (independent of c); 'rad' is the hyperbolic radius, not ||exp0(f)||"
 
@@ -129,8 +134,13 @@ def group_rows(summary_data: dict[str, Any]) -> list[dict[str, Any]]:
             for source, stats in per.items():
                 if not isinstance(stats, dict):
                     continue
-                row: dict[str, Any] = {"run": run, "source": source, "group": group, "images": per["images"],
-                                       "tokens": stats["tokens"]}
+                row: dict[str, Any] = {
+                    "run": run,
+                    "source": source,
+                    "group": group,
+                    "images": per["images"],
+                    "tokens": stats["tokens"],
+                }
                 for q in QUANTITIES:
                     row.update({f"{q}_{k}": stats[q]["tokens"][k] for k in ("mean", "std", "q50")})
                 rows.append(row)
@@ -148,9 +158,13 @@ def write_table(path: Path, rows: Sequence[dict[str, Any]], c: float) -> Path:
     cols += ["rad_mean_ratio_to_first"] if len({r["run"] for r in rows}) > 1 else []
     lines = [f"# Hyperbolic radius of visual tokens (c = {c})", ""]
     lines += [f"- `{q}`: {FORMULAS[q]}" for q in QUANTITIES]
-    lines += ["- means and std over all tokens of the group's images; `rad_mean_ratio_to_first`: rad_mean over the "
-              "first run's rad_mean for the same source and group", "", "| " + " | ".join(cols) + " |",
-              "|" + "---|" * len(cols)]
+    lines += [
+        "- means and std over all tokens of the group's images; `rad_mean_ratio_to_first`: rad_mean over the "
+        "first run's rad_mean for the same source and group",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
     for r in rows:
         lines.append("| " + " | ".join(f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k]) for k in cols) + " |")
     path.write_text("\n".join(lines) + "\n")

@@ -49,8 +49,14 @@ def load_runs_file(path: str | Path) -> list[RunSpec]:
         if not isinstance(entry, dict) or "name" not in entry or "config" not in entry:
             raise ValueError(f"{path}: runs[{i}] needs 'name' and 'config', got {entry!r}")
         configs = entry["config"] if isinstance(entry["config"], list) else [entry["config"]]
-        specs.append(RunSpec(str(entry["name"]), [str(c) for c in configs], entry.get("ckpt"),
-                             [str(o) for o in entry.get("overrides", [])]))
+        specs.append(
+            RunSpec(
+                str(entry["name"]),
+                [str(c) for c in configs],
+                entry.get("ckpt"),
+                [str(o) for o in entry.get("overrides", [])],
+            )
+        )
     return specs
 
 

@@ -33,8 +33,9 @@ def headline_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def log_run(out_dir: Path, params: dict[str, Any], summary: dict[str, Any], run_name: str,
-            experiment: str = EXPERIMENT) -> str:
+def log_run(
+    out_dir: Path, params: dict[str, Any], summary: dict[str, Any], run_name: str, experiment: str = EXPERIMENT
+) -> str:
     """Log params, headline metrics and every file of ``out_dir`` to a new MLflow run; returns its run id."""
     import mlflow
 

@@ -26,16 +26,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("file", help="the sweep YAML (see sweeps/*.yaml)")
     parser.add_argument("--dry-run", action="store_true", help="print one command line per trial and exit")
-    parser.add_argument("--override", action="append", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="dotted CLI key=value applied to every trial (last wins), e.g. trainer.max_steps=5")
-    parser.add_argument("--config", action="append", default=[], metavar="FILE",
-                        help="extra config file for every trial, after the sweep's own, e.g. configs/strategy/ddp.yaml")
-    parser.add_argument("--max-trials", type=int, default=None, metavar="N",
-                        help="run at most N trials this time (finished ones are skipped and not counted)")
+    parser.add_argument(
+        "--override",
+        action="append",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted CLI key=value applied to every trial (last wins), e.g. trainer.max_steps=5",
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="extra config file for every trial, after the sweep's own, e.g. configs/strategy/ddp.yaml",
+    )
+    parser.add_argument(
+        "--max-trials",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run at most N trials this time (finished ones are skipped and not counted)",
+    )
     parser.add_argument("--report", action="store_true", help="only (re)build the ablation table from MLflow")
-    parser.add_argument("--trial", action="append", default=[], metavar="I|NAME",
-                        help="run only these trials (0-based index in --dry-run order, or name); repeatable. "
-                        "For one trial per cluster job: no report and the parent run is left running")
+    parser.add_argument(
+        "--trial",
+        action="append",
+        default=[],
+        metavar="I|NAME",
+        help="run only these trials (0-based index in --dry-run order, or name); repeatable. "
+        "For one trial per cluster job: no report and the parent run is left running",
+    )
     return parser
 
 
@@ -63,8 +84,11 @@ def _run(args: argparse.Namespace, sweep: Sweep, trials: list[Trial]) -> int:
     if args.report:
         parent_id = tracker.find_parent()
         if parent_id is None:
-            print(f"sweep {sweep.path}: no parent run named {sweep.name!r} in experiment {sweep.experiment!r} "
-                  f"at {tracker.uri}", file=sys.stderr)
+            print(
+                f"sweep {sweep.path}: no parent run named {sweep.name!r} in experiment {sweep.experiment!r} "
+                f"at {tracker.uri}",
+                file=sys.stderr,
+            )
             return 1
         report, paths = report_sweep(sweep, trials, tracker, parent_id)
         print(to_markdown(report))
@@ -74,8 +98,11 @@ def _run(args: argparse.Namespace, sweep: Sweep, trials: list[Trial]) -> int:
     # A cluster job (--trial) joins the existing parent run as it is; otherwise the parent is (re)described.
     parent_id = tracker.find_parent() if args.trial else None
     parent_id = parent_id or tracker.parent(trials)
-    print(f"sweep {sweep.name}: {len(selected)} trial(s), experiment {sweep.experiment!r}, parent run {parent_id}, "
-          f"tracking {tracker.uri}", flush=True)
+    print(
+        f"sweep {sweep.name}: {len(selected)} trial(s), experiment {sweep.experiment!r}, parent run {parent_id}, "
+        f"tracking {tracker.uri}",
+        flush=True,
+    )
     try:
         outcomes = SweepRunner(sweep, tracker).run(selected, parent_id, args.max_trials)
     except KeyboardInterrupt:

@@ -85,8 +85,15 @@ class Report:
 
 
 def _record(trial: Trial, run: Run, stale: bool = False) -> RunRecord:
-    return RunRecord(trial, run.info.run_id, run.info.status, dict(run.data.params), dict(run.data.metrics),
-                     dict(run.data.tags), stale)
+    return RunRecord(
+        trial,
+        run.info.run_id,
+        run.info.status,
+        dict(run.data.params),
+        dict(run.data.metrics),
+        dict(run.data.tags),
+        stale,
+    )
 
 
 def choose_runs(trials: list[Trial], children: list[Run]) -> dict[str, RunRecord]:
@@ -312,8 +319,16 @@ def table_columns(report: Report) -> list[tuple[str, Any]]:
     ]
     cols += [(m, lambda r, m=m: fmt_metric(m, r.stats.get(m))) for m in report.metrics]
     if main:
-        cols.append((f"Δ {main}", lambda r: DASH if r.delta_main is None else
-                     (f"{100 * r.delta_main:+.2f}" if _is_accuracy(main) else f"{r.delta_main:+.4g}")))
+        cols.append(
+            (
+                f"Δ {main}",
+                lambda r: (
+                    DASH
+                    if r.delta_main is None
+                    else (f"{100 * r.delta_main:+.2f}" if _is_accuracy(main) else f"{r.delta_main:+.4g}")
+                ),
+            )
+        )
     cols += [
         ("identity dev. (max)", lambda r: _fmt_sci(r.stats.get(DEVIATION))),
         ("clamp fraction", lambda r: _fmt_sci(r.stats.get(CLAMP))),
@@ -358,8 +373,18 @@ def csv_rows(report: Report) -> list[dict[str, Any]]:
     out = []
     for row in report.rows:
         item: dict[str, Any] = {"configuration": row.name, "baseline": row.is_baseline}
-        for key in ("variant", "band_width", "block_size", "num_blocks", "space", "encoder", "n", "adapted",
-                    "hyperet_params", "trainable"):
+        for key in (
+            "variant",
+            "band_width",
+            "block_size",
+            "num_blocks",
+            "space",
+            "encoder",
+            "n",
+            "adapted",
+            "hyperet_params",
+            "trainable",
+        ):
             item[key] = row.info.get(key)
         item["delta_params"] = row.delta_params
         for metric in report.metrics:

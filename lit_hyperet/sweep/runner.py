@@ -93,7 +93,10 @@ class Tracker:
         token = None
         while True:
             page = self.client.search_runs(
-                [self.experiment_id], filter_string, max_results=1000, order_by=["attributes.start_time DESC"],
+                [self.experiment_id],
+                filter_string,
+                max_results=1000,
+                order_by=["attributes.start_time DESC"],
                 page_token=token,
             )
             runs += list(page)
@@ -316,12 +319,14 @@ def _failure(stage: str, rc: int, log: Path, timeout: float | None) -> str:
 def finish_parent(tracker: Tracker, parent_id: str, outcomes: list[TrialOutcome], total: int) -> None:
     """Status and progress tags of the parent run after this invocation."""
     counts = {s: sum(o.status == s for o in outcomes) for s in ("FINISHED", "FAILED", "SKIPPED")}
-    tracker.client.set_tag(parent_id, "sweep.progress", f"{counts['FINISHED']} ran, {counts['FAILED']} failed, "
-                           f"{counts['SKIPPED']} skipped of {total}")
+    tracker.client.set_tag(
+        parent_id,
+        "sweep.progress",
+        f"{counts['FINISHED']} ran, {counts['FAILED']} failed, {counts['SKIPPED']} skipped of {total}",
+    )
     tracker.client.set_terminated(parent_id, "FAILED" if counts["FAILED"] else "FINISHED")
 
 
 def echo_err(text: str) -> None:
     """Print to stderr (keeps stdout for dry-run command lines)."""
     print(text, file=sys.stderr, flush=True)
-

@@ -42,8 +42,22 @@ import yaml
 
 #: Keys a sweep file may hold.
 SWEEP_KEYS = (
-    "name", "experiment", "description", "configs", "overrides", "axes", "exclude", "include", "runs", "seeds",
-    "metric", "test", "output_dir", "command", "timeout", "env",
+    "name",
+    "experiment",
+    "description",
+    "configs",
+    "overrides",
+    "axes",
+    "exclude",
+    "include",
+    "runs",
+    "seeds",
+    "metric",
+    "test",
+    "output_dir",
+    "command",
+    "timeout",
+    "env",
 )
 #: Top-level CLI keys without a dot (anything else without a dot in ``axes`` is a bundle axis).
 PLAIN_TOP_LEVEL_KEYS = ("seed_everything", "ckpt_path")
@@ -437,8 +451,10 @@ def expand(sweep: Sweep) -> list[Trial]:
     for values in combos:
         label = _config_label(values, aliases)
         if label in labels:
-            raise SweepError(f"sweep {sweep.path}: two configurations share the name {label!r}: "
-                             f"{labels[label]} and {values} (give include entries a unique `name`)")
+            raise SweepError(
+                f"sweep {sweep.path}: two configurations share the name {label!r}: "
+                f"{labels[label]} and {values} (give include entries a unique `name`)"
+            )
         labels[label] = values
         extra_configs, pairs = _assignments(values)
         for seed in sweep.seeds:
