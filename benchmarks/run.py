@@ -32,7 +32,15 @@ if __name__ == "__main__":  # run as a script: re-enter as ``benchmarks.run``
 
 from benchmarks._common import THREADS_HELP, machine, quiet, set_threads, steady_allocator
 
-REGISTRY: tuple[str, ...] = ("adapter_ops", "step_overhead", "merged_inference", "data_throughput", "gpu_step")
+REGISTRY: tuple[str, ...] = (
+    "adapter_ops",
+    "step_overhead",
+    "merged_inference",
+    "data_throughput",
+    "gpu_step",
+    "strategy_step",
+    "fsdp_step",
+)
 
 
 def load(name: str) -> ModuleType:

@@ -239,6 +239,11 @@ def adapted_modules(model: nn.Module) -> Iterator[tuple[str, nn.Linear, HyperETW
             yield name, module, hw
 
 
+def adapted_module_names(model: nn.Module) -> list[str]:
+    """Qualified names of the HyperET-adapted Linears in ``model`` (reads no parameter values)."""
+    return [name for name, _, _ in adapted_modules(model)]
+
+
 def apply_hyperet(model: nn.Module, config: HyperETConfig) -> list[str]:
     """Register HyperET on ``weight`` of every ``nn.Linear`` whose qualified name matches ``config.targets``.
 

@@ -10,22 +10,13 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from lit_hyperet.hyperet import HyperETConfig, hyperet_report, summarize_report
+from lit_hyperet.hyperet import HyperETConfig, adapted_module_names, hyperet_report, summarize_report
 from lit_hyperet.model import LoraSettings, ModelSource, build_llava, count_parameters, trainable_groups
 from lit_hyperet.schedule import WarmupCosineLR
+from lit_hyperet.sharding import gathered, shard_model
 from lit_hyperet.specs import callable_from_spec, instantiate, is_spec, to_spec
 
 log = logging.getLogger(__name__)
-
-
-
-_WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-
-
-def _clean_name(name: str) -> str:
-    for segment in _WRAPPER_SEGMENTS:
-        name = name.replace(segment, "")
-    return name
 
 
 def _as_source(value: ModelSource | dict[str, Any]) -> ModelSource:
@@ -104,7 +95,11 @@ class HyperETLitModule(pl.LightningModule):
     # ------------------------------------------------------------------------------------------------ model
 
     def configure_model(self) -> None:
-        """Build the model once (under FSDP this runs inside the strategy's init context)."""
+        """Build the model once; under ``FSDP2Strategy`` (a device mesh is set) shard it with FSDP2.
+
+        The mixed-precision policy follows ``trainer.precision`` (``bf16-mixed``: bf16 compute, float32 masters and
+        gradient reduction; ``32-true``: float32 throughout).
+        """
         if self.llava is not None:
             return
         self.llava = build_llava(
@@ -115,17 +110,34 @@ class HyperETLitModule(pl.LightningModule):
             gradient_checkpointing=self.hparams.gradient_checkpointing,
         )
         self.llava.train()  # from_pretrained returns eval mode; Lightning switches modes per loop from here
+        mesh = self.device_mesh
+        if mesh is not None:
+            if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() != 1:
+                raise ValueError(
+                    "HyperETLitModule shards with FSDP2 only (data parallel); set tensor_parallel_size 1 "
+                    "(lit_hyperet.strategies.FSDP2Strategy does)"
+                )
+            data_parallel = mesh["data_parallel"] if mesh.mesh_dim_names else mesh
+            shard_model(self.llava, data_parallel, str(self.trainer.precision))
 
     def forward(self, **batch: Any) -> Any:
         """The transformers model's forward."""
         return self.llava(**batch)
 
     def trainable_state_keys(self) -> set[str]:
-        """State-dict keys of the trainable tensors (what checkpoints hold).
+        """State-dict keys of the trainable tensors (what checkpoints hold)."""
+        return {name for name, p in self.named_parameters() if p.requires_grad}
 
-        FSDP and activation-checkpoint wrappers add segments to parameter names but not to full state-dict keys.
-        """
-        return {_clean_name(name) for name, p in self.named_parameters() if p.requires_grad}
+    def check_state_keys(self, keys: Any, source: str = "checkpoint") -> None:
+        """``RuntimeError`` unless ``keys`` are exactly the trainable state keys of the configured model."""
+        self.configure_model()
+        expected, given = self.trainable_state_keys(), set(keys)
+        if given != expected:
+            missing, unexpected = sorted(expected - given), sorted(given - expected)
+            raise RuntimeError(
+                f"{source} does not match the trainable parameters: missing {missing[:10]} ({len(missing)}), "
+                f"unexpected {unexpected[:10]} ({len(unexpected)})"
+            )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only trainable tensors (HyperET, projector, LoRA)."""
@@ -137,14 +149,8 @@ class HyperETLitModule(pl.LightningModule):
 
         The frozen keys are checked to be exactly the ones left out, so none is reported missing.
         """
-        self.configure_model()
-        expected, given = self.trainable_state_keys(), set(state_dict)
-        if given != expected:
-            missing, unexpected = sorted(expected - given), sorted(given - expected)
-            raise RuntimeError(
-                f"checkpoint does not match the trainable parameters: missing {missing[:10]} ({len(missing)}), "
-                f"unexpected {unexpected[:10]} ({len(unexpected)})"
-            )
+        self.check_state_keys(state_dict)
+        expected = self.trainable_state_keys()
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         frozen = set(self.state_dict()) - expected
         if set(result.missing_keys) != frozen:
@@ -178,7 +184,8 @@ class HyperETLitModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """LM loss on the tokens the batch's ``labels`` mark."""
-        out = self.llava(**self._model_inputs(batch), labels=batch["labels"])
+        # No KV cache in training: recomputed (checkpointed) layers would append to it a second time.
+        out = self.llava(**self._model_inputs(batch), labels=batch["labels"], use_cache=False)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return out.loss
 
@@ -230,9 +237,8 @@ class HyperETLitModule(pl.LightningModule):
         """Log trainable-parameter counts and what HyperET adapted as run parameters."""
         if self.logger is None:
             return
-        counts = {f"params/{k}": v for k, v in count_parameters(self.llava).items()}
-        summary = summarize_report(hyperet_report(self.llava))
-        counts["params/hyperet_adapted_modules"] = summary["adapted_modules"]
+        counts = {f"params/{k}": v for k, v in count_parameters(self.llava).items()}  # DTensor numel is global
+        counts["params/hyperet_adapted_modules"] = len(adapted_module_names(self.llava))
         self.logger.log_hyperparams(counts)
 
     # ------------------------------------------------------------------------------------------------ helpers
@@ -249,9 +255,15 @@ class HyperETLitModule(pl.LightningModule):
         self.log_dict({f"{stage}/{k}": v for k, v in results.items()}, sync_dist=False)
         metric.reset()
 
+    def hyperet_report(self) -> dict[str, dict[str, float | int]]:
+        """:func:`~lit_hyperet.hyperet.hyperet_report` of the model; under FSDP2 the adapted layers are gathered
+        around it (a collective: every rank calls it)."""
+        with gathered(self.llava, adapted_module_names(self.llava)):
+            return hyperet_report(self.llava)
+
     def _log_hyperet_report(self) -> None:
         if self.hyperet_config is None or self.trainer.sanity_checking:
             return
-        summary = summarize_report(hyperet_report(self.llava))
+        summary = summarize_report(self.hyperet_report())
         self.log("hyperet/identity_deviation_max", float(summary["identity_deviation_max"]))
         self.log("hyperet/clamp_fraction_mean", float(summary["clamp_fraction_mean"]))

@@ -1,65 +1,75 @@
-"""FSDP wrapping for HyperET + LoRA LLaVA models (used by ``configs/strategy/fsdp.yaml``).
+"""``FSDP2Strategy``: Lightning's ``ModelParallelStrategy`` as pure FSDP2 data parallelism (``fsdp.yaml``).
 
-Units: every LLM decoder layer and vision encoder layer (frozen weights, sharded and all-gathered per layer), and
-every trainable leaf (LoRA A/B, projector Linears, HyperET matrices) in a unit of its own, so no flat parameter mixes
-frozen and trainable tensors (which costs gradient memory for the frozen part, or errors without
-``use_orig_params``).
+The module shards itself in ``configure_model`` (:func:`lit_hyperet.sharding.shard_model`); this strategy fixes the
+mesh to data parallelism over every process of every node (no tensor parallelism), so the same YAML runs on 1..N GPUs
+(NCCL) or CPU processes (gloo) and on any number of nodes, and keeps checkpoints to what this suite can resume: one
+``.ckpt`` file of plain, full trainable tensors.
 """
 
 from __future__ import annotations
 
-import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
-from torch import nn
-
-#: Class names of transformer blocks: ``LlamaDecoderLayer``, ``MistralDecoderLayer``, ``CLIPEncoderLayer``,
-#: ``SiglipEncoderLayer``, ``Dinov2Layer``, …
-DEFAULT_LAYER_PATTERN = r"(DecoderLayer|EncoderLayer|Dinov2Layer)$"
-
-
-def is_trainable_leaf(module: nn.Module) -> bool:
-    """A module that owns parameters directly, all of them trainable, and whose children own none."""
-    own = list(module.parameters(recurse=False))
-    if not own or not all(p.requires_grad for p in own):
-        return False
-    return all(next(child.parameters(), None) is None for child in module.children())
+import torch
+from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 
-def is_layer(module: nn.Module, pattern: str = DEFAULT_LAYER_PATTERN) -> bool:
-    """True for transformer blocks (matched on the class name)."""
-    return re.search(pattern, type(module).__name__) is not None
+class CheckpointError(ValueError):
+    """A checkpoint this strategy cannot resume (a sharded directory, or keys that are not the trainable set)."""
 
 
-class HyperETWrapPolicy:
-    """FSDP auto-wrap policy: transformer layers plus trainable leaves.
-
-    A callable with FSDP's ``(module, recurse, nonwrapped_numel) -> bool`` policy signature, so that LightningCLI can
-    build it from ``class_path`` in YAML.
+class FSDP2Strategy(ModelParallelStrategy):
+    """FSDP2 over all processes: ``data_parallel_size`` = world size, ``tensor_parallel_size`` = 1.
 
     Args:
-        layer_pattern: regex over module class names that become their own FSDP units.
+        save_distributed_checkpoint: must stay ``False``: checkpoints hold only the trainable tensors, gathered into
+            one file on rank 0; a per-rank sharded checkpoint could not be resumed (its load asks for every key).
+        process_group_backend: ``nccl`` / ``gloo``; default follows the accelerator.
+        timeout: collective timeout.
     """
 
-    def __init__(self, layer_pattern: str = DEFAULT_LAYER_PATTERN) -> None:
-        self.layer_pattern = layer_pattern
+    def __init__(
+        self,
+        save_distributed_checkpoint: bool = False,
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = default_pg_timeout,
+    ) -> None:
+        if save_distributed_checkpoint:
+            raise ValueError(
+                "FSDP2Strategy: save_distributed_checkpoint=true is not supported: checkpoints hold only the "
+                "trainable tensors and are written as one file of full tensors (small: HyperET, projector, LoRA); "
+                "remove the option"
+            )
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=False,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+        )
 
-    def should_wrap(self, module: nn.Module) -> bool:
-        """Whether ``module`` becomes an FSDP unit."""
-        return is_layer(module, self.layer_pattern) or is_trainable_leaf(module)
+    def setup_environment(self) -> None:
+        """Data parallel over every process of every node (known here, before the mesh is built)."""
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
 
-    def __call__(self, module: nn.Module, recurse: bool, nonwrapped_numel: int) -> bool:
-        return True if recurse else self.should_wrap(module)
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Check the checkpoint is one file holding exactly the module's trainable keys, then load it sharded.
 
-
-class TransformerLayerPolicy:
-    """Matches transformer layers only: the activation-checkpointing policy of the FSDP config.
-
-    Args:
-        layer_pattern: regex over module class names.
-    """
-
-    def __init__(self, layer_pattern: str = DEFAULT_LAYER_PATTERN) -> None:
-        self.layer_pattern = layer_pattern
-
-    def __call__(self, module: nn.Module, recurse: bool, nonwrapped_numel: int) -> bool:
-        return True if recurse else is_layer(module, self.layer_pattern)
+        Lightning's sharded load skips absent keys silently when ``strict_loading`` is off (as it is for
+        trainable-only checkpoints), so the key check the module does on ``load_state_dict`` is done here.
+        """
+        path = Path(self.broadcast(checkpoint_path))
+        if path.is_dir():
+            raise CheckpointError(
+                f"{path} is a directory (a distributed checkpoint); resume from a .ckpt file written by this strategy"
+            )
+        checkpoint = torch.load(path, mmap=True, map_location="cpu", weights_only=True)
+        check = getattr(self.lightning_module, "check_state_keys", None)
+        if check is not None:
+            check(checkpoint.get("state_dict", {}).keys(), source=str(path))
+        del checkpoint
+        return super().load_checkpoint(path, weights_only=weights_only)

@@ -68,7 +68,7 @@ def one_thread() -> Any:
 
 @pytest.fixture(scope="module")
 def results(one_thread: Any) -> dict[str, Any]:
-    names = [n for n in bench_run.REGISTRY if n != "gpu_step"]
+    names = [n for n in bench_run.REGISTRY if n not in ("gpu_step", "fsdp_step")]  # CUDA ones: own tests below
     return bench_run.run_all(names, quick=True, tiny=True, echo=False)
 
 
@@ -160,6 +160,25 @@ def test_gpu_step_code_path_on_cpu() -> None:
     check_figures(result)
     assert result["no_hyperet"]["tflops_per_step"] > 0 and result["time_ratio"] > 0
     assert gpu_step.format_table(result).strip()
+
+
+def test_fsdp_step_on_two_cpu_processes(tmp_path: Path) -> None:
+    """The FSDP2 benchmark's code path, launched as on GPUs (torchrun, 2 processes) at the tiny shape with gloo."""
+    import subprocess
+
+    out = tmp_path / "fsdp_step.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "fsdp_step.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += [str(script), "--tiny", "--activation-checkpointing", "--json", str(out)]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    check_figures(figures)
+    assert figures["world_size"] == 2 and figures["tflops_per_step_per_rank"] > 0
+    assert figures["activation_checkpointing"] is True
+    assert "| 2 |" in result.stdout  # rank 0 printed the table, once
+    assert result.stdout.count("FSDP2 cpu") == 1
 
 
 def test_gpu_step_is_skipped_without_cuda() -> None:

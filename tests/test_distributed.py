@@ -1,0 +1,332 @@
+"""Distributed training that runs: DDP and FSDP2 with 2 CPU processes (gloo, loopback), resume, bf16, two nodes.
+
+One run of each kind is shared by the tests (module-scoped cache). The demo data of the session has 72 training
+problems: 36 per rank, 3 batches of 16 / 16 / 4 (padded batches), so step 3 ends the first epoch; a checkpoint
+written there resumes at an epoch boundary, where the distributed sampler's order is a function of the epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+STEPS = 5
+EPOCH_STEPS = 3  # steps per epoch per rank (see the module docstring)
+# Large enough that clamps fire: the HyperET report at validation end runs the clamped chain and has non-zero numbers.
+CURVATURE = 1000.0
+TIMEOUT_S = 240  # each launch; a hung collective fails the test instead of the CI job
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fit_args(tiny_model_dir: Path, data_dir: Path, out: Path, strategy: str, steps: int) -> list[str]:
+    """A 2-process CPU fit of the demo with the strategy config; validation (1 batch per rank) at step 3."""
+    return [
+        "fit",
+        "--config",
+        str(CONFIGS / "demo.yaml"),
+        "--config",
+        str(CONFIGS / "strategy" / f"{strategy}.yaml"),
+        "--model.init_args.model.init_args.path",
+        str(tiny_model_dir),
+        "--data.init_args.data_dir",
+        str(data_dir),
+        "--trainer.default_root_dir",
+        str(out),
+        "--checkpoint.dirpath",
+        str(out / "checkpoints"),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.precision",
+        "32-true",
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.val_check_interval",
+        str(EPOCH_STEPS),
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--model.init_args.hyperet.curvature",
+        str(CURVATURE),
+        "--trainer.logger.init_args.run_name",
+        out.name,
+        "--trainer.callbacks+=helpers.rank_state.SaveTrainableStatePerRank",
+        f"--trainer.callbacks.out_dir={out / 'ranks'}",
+    ]
+
+
+def _env(out: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+        "GLOO_SOCKET_IFNAME": "lo",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }
+
+
+def _check(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
+
+
+def launch(args: list[str], out: Path, killed: bool = False) -> None:
+    """One node: Lightning starts the second process itself. ``killed``: the run must die (SIGKILL), not finish."""
+    out.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "lit_hyperet", *args, "--trainer.devices", "2"]
+    result = subprocess.run(command, cwd=out, env=_env(out), capture_output=True, text=True, timeout=TIMEOUT_S)
+    if killed:
+        assert result.returncode == -signal.SIGKILL, (result.returncode, result.stderr[-4000:])
+    else:
+        _check(result)
+
+
+def launch_two_nodes(args: list[str], out: Path) -> None:
+    """Two nodes on one machine: two torchrun launchers meeting at a c10d rendezvous on 127.0.0.1.
+
+    Every rank builds the MLflow logger; the tracking store must exist before two launchers start at once (on a
+    cluster: a tracking server), else both create the sqlite tables at the same moment.
+    """
+    import mlflow
+
+    out.mkdir(parents=True, exist_ok=True)
+    env, port = _env(out), _free_port()
+    mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).search_experiments()
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        f"two-nodes-{port}",
+        "--local-addr",
+        "127.0.0.1",
+        "--max-restarts",
+        "0",
+        "-m",
+        "lit_hyperet",
+        *args,
+        "--trainer.num_nodes",
+        "2",
+        "--trainer.devices",
+        "1",
+    ]
+    nodes = [
+        subprocess.Popen(torchrun, cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        results = [node.communicate(timeout=TIMEOUT_S) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    for node, (stdout, stderr) in zip(nodes, results, strict=True):
+        _check(subprocess.CompletedProcess(torchrun, node.returncode, stdout, stderr))
+
+
+class Run:
+    """A finished run's outputs: per-rank losses and final trainable tensors, checkpoint, MLflow record."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        files = [out / "ranks" / f"rank{r}.pt" for r in (0, 1)]
+        self.ranks = [torch.load(f, weights_only=True) for f in files if f.exists()]  # none for a killed run
+        self.last = out / "checkpoints" / "last.ckpt"
+
+    @property
+    def losses(self) -> dict[int, torch.Tensor]:
+        return self.ranks[0]["losses"]
+
+    @property
+    def state(self) -> dict[str, torch.Tensor]:
+        return self.ranks[0]["state"]
+
+    def mlflow_run(self) -> Any:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{self.out / 'mlflow.db'}")
+        experiment = client.get_experiment_by_name("lit_hyperet_demo")
+        (run,) = client.search_runs([experiment.experiment_id])
+        return run
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir: Path, demo_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Run]:
+    """``runs(name)``: the named run, launched on first use and shared by every test of this module."""
+    base = tmp_path_factory.mktemp("distributed")
+    done: dict[str, Run] = {}
+
+    def args(name: str, strategy: str, steps: int) -> list[str]:
+        return fit_args(tiny_model_dir, demo_data_dir, base / name, strategy, steps)
+
+    recipes: dict[str, Callable[[], None]] = {
+        "ddp": lambda: launch(args("ddp", "ddp", STEPS), base / "ddp"),
+        "fsdp": lambda: launch(args("fsdp", "fsdp", STEPS), base / "fsdp"),
+        "fsdp_killed": lambda: launch(
+            [
+                *args("fsdp_killed", "fsdp", STEPS),
+                "--checkpoint.every_n_train_steps",
+                str(EPOCH_STEPS),
+                "--trainer.callbacks+=helpers.rank_state.KillAtStep",
+                f"--trainer.callbacks.step={EPOCH_STEPS}",
+            ],
+            base / "fsdp_killed",
+            killed=True,
+        ),
+        "fsdp_bf16": lambda: launch(
+            [*args("fsdp_bf16", "fsdp", 2), "--trainer.precision", "bf16-mixed"], base / "fsdp_bf16"
+        ),
+        "fsdp_two_nodes": lambda: launch_two_nodes(args("fsdp_two_nodes", "fsdp", STEPS), base / "fsdp_two_nodes"),
+    }
+
+    def get(name: str) -> Run:
+        if name == "fsdp_resumed":
+            killed = get("fsdp_killed")
+            resumed = base / "fsdp_resumed"
+            launch([*args("fsdp_resumed", "fsdp", STEPS), "--ckpt_path", str(killed.last)], resumed)
+            done[name] = Run(resumed)
+        if name not in done:
+            recipes[name]()
+            done[name] = Run(base / name)
+        return done[name]
+
+    return get
+
+
+def assert_same_tensors(a: dict[Any, torch.Tensor], b: dict[Any, torch.Tensor]) -> None:
+    assert a.keys() == b.keys() and a
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def single_process_trainable(tiny_model_dir: Path) -> tuple[set[str], int]:
+    """Trainable names and count of the demo module built in this process without any strategy."""
+    from lit_hyperet.cli import cli_main
+
+    cli = cli_main(
+        ["--config", str(CONFIGS / "demo.yaml"), "--model.init_args.model.init_args.path", str(tiny_model_dir)],
+        run=False,
+    )
+    cli.model.configure_model()
+    params = {n: p for n, p in cli.model.named_parameters() if p.requires_grad}
+    return set(params), sum(p.numel() for p in params.values())
+
+
+def test_ddp_keeps_ranks_identical_and_checkpoint_reloads(runs: Callable[[str], Run]) -> None:
+    ddp = runs("ddp")
+    assert_same_tensors(ddp.ranks[0]["state"], ddp.ranks[1]["state"])
+    from lit_hyperet.lit_module import HyperETLitModule
+
+    reloaded = HyperETLitModule.load_from_checkpoint(ddp.last, map_location="cpu")
+    params = dict(reloaded.named_parameters())
+    for name, value in ddp.state.items():
+        assert torch.equal(params[name], value), name
+
+
+def test_fsdp2_equals_ddp_and_checkpoints_trainable_tensors(runs: Callable[[str], Run], tiny_model_dir: Path) -> None:
+    """Losses per step on both ranks and the final trainable weights equal DDP's bit for bit (float32, CPU: the
+    all-gather / reduce-scatter of FSDP2 adds the same two gradients as DDP's all-reduce); the checkpoint holds
+    exactly the trainable keys as plain float32 tensors; the module logged the single-process parameter counts."""
+    fsdp, ddp = runs("fsdp"), runs("ddp")
+    assert sorted(fsdp.losses) == list(range(1, STEPS + 1))
+    for rank in (0, 1):
+        assert_same_tensors(fsdp.ranks[rank]["losses"], ddp.ranks[rank]["losses"])
+    assert_same_tensors(fsdp.state, ddp.state)
+    assert_same_tensors(fsdp.ranks[1]["state"], fsdp.state)
+
+    names, count = single_process_trainable(tiny_model_dir)
+    assert set(fsdp.state) == names
+    checkpoint = torch.load(fsdp.last, weights_only=True, map_location="cpu")
+    assert checkpoint["global_step"] == STEPS
+    assert set(checkpoint["state_dict"]) == names
+    for name, tensor in checkpoint["state_dict"].items():
+        assert type(tensor) is torch.Tensor and tensor.dtype == torch.float32, name
+        assert torch.equal(tensor, fsdp.state[name]), name
+
+    params = fsdp.mlflow_run().data.params
+    assert int(params["params/trainable"]) == count
+    assert int(params["params/hyperet_adapted_modules"]) == 4
+
+
+def test_fsdp2_validation_generates_and_reports_like_the_unsharded_model(runs: Callable[[str], Run]) -> None:
+    """Validation under FSDP2 (generation, metric, HyperET report with clamps firing) gives the unsharded DDP
+    model's texts and numbers with the same weights on the same batches."""
+    fsdp, ddp = runs("fsdp"), runs("ddp")
+    for rank in (0, 1):
+        texts = fsdp.ranks[rank]["texts"]
+        assert texts and texts == ddp.ranks[rank]["texts"]
+    fsdp_run, ddp_run = fsdp.mlflow_run(), ddp.mlflow_run()
+    assert fsdp_run.info.status == "FINISHED"
+    keys = [k for k in ddp_run.data.metrics if k.startswith(("val/", "hyperet/"))]
+    assert "val/Avg" in keys and ddp_run.data.metrics["hyperet/clamp_fraction_mean"] > 0
+    for key in keys:
+        assert fsdp_run.data.metrics[key] == ddp_run.data.metrics[key], key
+
+
+def test_fsdp2_resume_from_checkpoint_ends_where_the_uninterrupted_run_ends(runs: Callable[[str], Run]) -> None:
+    """A run SIGKILLed after its step-3 checkpoint, resumed with ``--ckpt_path``, gives the uninterrupted losses."""
+    uninterrupted, killed, resumed = runs("fsdp"), runs("fsdp_killed"), runs("fsdp_resumed")
+    assert not killed.ranks  # it died before the end of fit
+    assert torch.load(killed.last, weights_only=True, map_location="cpu")["global_step"] == EPOCH_STEPS
+    assert sorted(resumed.losses) == list(range(EPOCH_STEPS + 1, STEPS + 1))
+    for rank in (0, 1):
+        expected = uninterrupted.ranks[rank]["losses"]
+        assert_same_tensors(resumed.ranks[rank]["losses"], {s: expected[s] for s in resumed.ranks[rank]["losses"]})
+    assert_same_tensors(resumed.state, uninterrupted.state)
+
+
+def test_fsdp2_bf16_mixed_runs_finite_and_saves_float32(runs: Callable[[str], Run]) -> None:
+    bf16, fp32 = runs("fsdp_bf16"), runs("fsdp")
+    assert len(bf16.losses) == 2 and all(torch.isfinite(v) for v in bf16.losses.values())
+    assert not torch.equal(bf16.losses[2], fp32.losses[2])  # bf16 compute did happen
+    checkpoint = torch.load(bf16.last, weights_only=True, map_location="cpu")["state_dict"]
+    assert checkpoint.keys() == fp32.state.keys()
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in checkpoint.values())
+
+
+def test_two_nodes_equal_one_node_with_two_processes(runs: Callable[[str], Run]) -> None:
+    two_nodes, one_node = runs("fsdp_two_nodes"), runs("fsdp")
+    for rank in (0, 1):
+        assert_same_tensors(two_nodes.ranks[rank]["losses"], one_node.ranks[rank]["losses"])
+    assert_same_tensors(two_nodes.state, one_node.state)
+
+
+def test_export_and_merge_from_a_sharded_run(runs: Callable[[str], Run], tmp_path: Path) -> None:
+    """A checkpoint of an FSDP2 run exports to a plain HF LLaVA whose weights are the merged ones."""
+    from transformers import LlavaForConditionalGeneration
+
+    from lit_hyperet.export import export_checkpoint
+    from lit_hyperet.lit_module import HyperETLitModule
+
+    fsdp = runs("fsdp")
+    out = export_checkpoint(fsdp.last, tmp_path / "exported")
+    plain = LlavaForConditionalGeneration.from_pretrained(out)
+    module = HyperETLitModule.load_from_checkpoint(fsdp.last, map_location="cpu")
+    q_proj = "model.vision_tower.encoder.layers.0.self_attn.q_proj"
+    adapted = module.llava.get_base_model().get_submodule(q_proj)
+    assert torch.equal(plain.get_submodule(q_proj).weight, adapted.weight.detach())
