@@ -1,7 +1,7 @@
 """DDP vs FSDP2 on CPU processes at the demo size: step time and memory per process of ``python -m lit_hyperet fit``.
 
 Each configuration is a real 2-process run of the demo (``configs/demo.yaml`` + ``configs/strategy/{ddp,fsdp}.yaml``,
-``--trainer.accelerator cpu --trainer.devices 2``, float32, no validation, no logger), started by Lightning as a user
+``--trainer.accelerator cpu --trainer.devices 2``, float32, no validation, MLflow into a temporary store), started by Lightning as a user
 starts it. A callback in each rank (:class:`benchmarks._step_timer.StepTimer`) records the wall time of every
 training step (forward, backward, gradient reduction, optimiser) and the process's peak RSS; the tables give the
 median step after the warm-up steps (slowest rank) and the largest peak RSS of a rank. Configurations: DDP; FSDP2 as
@@ -73,8 +73,6 @@ def fit_once(name: str, model_dir: Path, data_dir: Path, out: Path, steps: int) 
         str(steps),
         "--trainer.limit_val_batches",
         "0",
-        "--trainer.logger",
-        "false",
         "--trainer.enable_progress_bar",
         "false",
         "--trainer.callbacks+=benchmarks._step_timer.StepTimer",
@@ -82,6 +80,7 @@ def fit_once(name: str, model_dir: Path, data_dir: Path, out: Path, steps: int) 
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env["GLOO_SOCKET_IFNAME"] = "lo"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{out / 'mlflow.db'}"  # the demo's logger, kept out of the user's store
     result = subprocess.run(command, cwd=out, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     if result.returncode != 0:
         raise RuntimeError(f"{name}: fit failed:\n{result.stderr[-3000:]}")

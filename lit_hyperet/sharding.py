@@ -25,9 +25,7 @@ DEFAULT_LAYER_PATTERN = r"(DecoderLayer|EncoderLayer|Dinov2Layer)$"
 #: Gradients are reduced in float32 in every case; the sharded master weights stay float32.
 _POLICIES: dict[str, MixedPrecisionPolicy | None] = {
     "32-true": None,
-    "32": None,
     "bf16-mixed": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32),
-    "16-mixed": MixedPrecisionPolicy(param_dtype=torch.float16, reduce_dtype=torch.float32),
 }
 
 

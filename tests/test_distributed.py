@@ -330,3 +330,25 @@ def test_export_and_merge_from_a_sharded_run(runs: Callable[[str], Run], tmp_pat
     q_proj = "model.vision_tower.encoder.layers.0.self_attn.q_proj"
     adapted = module.llava.get_base_model().get_submodule(q_proj)
     assert torch.equal(plain.get_submodule(q_proj).weight, adapted.weight.detach())
+
+
+def test_radius_from_a_sharded_run(
+    runs: Callable[[str], Run], tiny_model_dir: Path, demo_data_dir: Path, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The radius command reads an FSDP2 run's checkpoint with the run's own configs and overrides (demo + fsdp.yaml,
+    CPU) in one process."""
+    import json
+
+    from lit_hyperet.radius.command import main as radius_main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    fsdp = runs("fsdp")
+    argv = ["--config", str(CONFIGS / "demo.yaml"), "--config", str(CONFIGS / "strategy" / "fsdp.yaml")]
+    argv += ["--override", f"model.init_args.model.init_args.path={tiny_model_dir}"]
+    argv += ["--override", f"data.init_args.data_dir={demo_data_dir}", "--override", "trainer.accelerator=cpu"]
+    argv += ["--override", "trainer.devices=2"]
+    argv += ["--ckpt", str(fsdp.last), "--max-samples", "4", "--out", str(tmp_path / "radius")]
+    assert radius_main(argv) == 0
+    summary = json.loads((tmp_path / "radius" / "radius_summary.json").read_text())
+    (run,) = summary["runs"].values()
+    assert run["counts"]["samples_seen"] == 4
