@@ -352,3 +352,29 @@ def test_radius_from_a_sharded_run(
     summary = json.loads((tmp_path / "radius" / "radius_summary.json").read_text())
     (run,) = summary["runs"].values()
     assert run["counts"]["samples_seen"] == 4
+
+
+def test_fsdp2_predict_from_checkpoint_equals_one_process(
+    runs: Callable[[str], Run], tiny_model_dir: Path, demo_data_dir: Path, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """``predict --ckpt_path`` under FSDP2 (checkpoint loaded into the sharded model, ``generate`` on both ranks,
+    predictions gathered) writes the predictions of the same checkpoint run in one process (batches of one sample,
+    so no padding differs between the two)."""
+    import json
+
+    from lit_hyperet.cli import cli_main
+
+    fsdp = runs("fsdp")
+    common = ["--config", str(CONFIGS / "demo.yaml")]
+    common += ["--model.init_args.model.init_args.path", str(tiny_model_dir), "--data.init_args.data_dir"]
+    common += [str(demo_data_dir), "--data.init_args.eval_batch_size", "1", "--ckpt_path", str(fsdp.last)]
+    common += ["--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]
+    sharded = tmp_path / "sharded"
+    args = ["predict", *common, "--config", str(CONFIGS / "strategy" / "fsdp.yaml"), "--trainer.accelerator", "cpu"]
+    args += ["--trainer.precision", "32-true", "--prediction_writer.output_path", str(sharded / "predictions.json")]
+    launch(args, sharded)
+    monkeypatch.chdir(tmp_path)
+    single = tmp_path / "single" / "predictions.json"
+    cli_main(["predict", *common, "--prediction_writer.output_path", str(single)])
+    expected = json.loads(single.read_text())
+    assert expected and json.loads((sharded / "predictions.json").read_text()) == expected
