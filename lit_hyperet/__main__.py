@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # Tool subcommands: name -> ("module:function", one-line help). Each function takes ``argv: list[str]`` and returns
@@ -34,8 +35,24 @@ def _load(target: str):
     return getattr(importlib.import_module(module_name), func_name)
 
 
+#: Set to 1 to see the traceback of a user error (bad checkpoint, …) instead of its one-line message.
+TRACEBACK_ENV = "LIT_HYPERET_TRACEBACK"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch to a LightningCLI subcommand or a tool subcommand."""
+    """Dispatch to a command; a user error (e.g. an unusable checkpoint) ends with one line on stderr and exit 2."""
+    from lit_hyperet.checkpoints import CheckpointError
+
+    try:
+        return _dispatch(argv)
+    except CheckpointError as err:
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(argv: list[str] | None) -> int:
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):

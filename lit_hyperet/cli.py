@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import torch
@@ -13,7 +14,9 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.loggers import MLFlowLogger
 
 from lit_hyperet.callbacks import PredictionWriter
+from lit_hyperet.checkpoints import CheckpointError, compare_hparams, read_checkpoint, stored_hparams
 from lit_hyperet.lit_module import HyperETLitModule
+from lit_hyperet.specs import import_class
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "lit_hyperet"
@@ -80,6 +83,28 @@ class HyperETCLI(LightningCLI):
                 ),
             }
         )
+
+    def _parse_ckpt_path(self) -> None:
+        """Compare ``--ckpt_path``'s stored hyper-parameters with the configured model instead of merging them in.
+
+        LightningCLI would merge the checkpoint's hyper-parameters over the command line and config files (and hand
+        their ``class_path`` entries to jsonargparse). Here what the user configured wins: differences that change
+        the parameter layout stop the command (:class:`CheckpointError` listing them), others are reported on stderr.
+        The checkpoint's tensors are loaded later, onto the configured model.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):  # Lightning's own names, no file yet
+            return
+        model_config = self.config[subcommand]["model"].as_dict()
+        module_class = import_class(model_config["class_path"])
+        stored = stored_hparams(read_checkpoint(ckpt_path), module_class, ckpt_path)
+        layout, other = compare_hparams(stored, model_config.get("init_args", {}), module_class)
+        if layout:
+            lines = "; ".join(f"{key}: checkpoint {a!r}, configured {b!r}" for key, a, b in layout)
+            raise CheckpointError(f"{ckpt_path}: trained with a different parameter layout than configured: {lines}")
+        for key, a, b in other:
+            print(f"note: {ckpt_path} was trained with {key}={a!r}; using the configured {b!r}", file=sys.stderr)
 
     def before_instantiate_classes(self) -> None:
         """Apply ``torch_num_threads`` before any model is built."""

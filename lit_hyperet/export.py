@@ -10,10 +10,10 @@ from lit_hyperet.model import merge_and_save
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
-    """Rebuild the module from ``ckpt`` (trainable tensors on the frozen model), merge HyperET and LoRA, save."""
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint {str(ckpt)!r} does not exist")
+    """Rebuild the module from ``ckpt`` (trainable tensors on the frozen model), merge HyperET and LoRA, save.
+
+    A checkpoint that cannot be read or names code outside this package is a ``CheckpointError``.
+    """
     module = HyperETLitModule.load_from_checkpoint(ckpt, map_location="cpu")
     return merge_and_save(module.llava, module.processor, out)
 

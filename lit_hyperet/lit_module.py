@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -10,6 +11,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from lit_hyperet.checkpoints import module_from_checkpoint
 from lit_hyperet.hyperet import HyperETConfig, adapted_module_names, hyperet_report, summarize_report
 from lit_hyperet.model import LoraSettings, ModelSource, build_llava, count_parameters, trainable_groups
 from lit_hyperet.schedule import WarmupCosineLR
@@ -23,7 +25,7 @@ def _as_source(value: ModelSource | dict[str, Any]) -> ModelSource:
     if isinstance(value, ModelSource):
         return value
     if is_spec(value):
-        return instantiate(value)
+        return instantiate(value, base=ModelSource)
     raise TypeError(f"model must be a ModelSource or a class_path/init_args dict, got {value!r}")
 
 
@@ -35,8 +37,8 @@ def _as_dataclass(value: Any, cls: type) -> Any:
     raise TypeError(f"expected {cls.__name__}, a dict of its fields, or None; got {value!r}")
 
 
-def _as_factory(value: Any) -> Any:
-    return callable_from_spec(value) if is_spec(value) else value
+def _as_factory(value: Any, base: type) -> Any:
+    return callable_from_spec(value, base=base) if is_spec(value) else value
 
 
 class HyperETLitModule(pl.LightningModule):
@@ -58,6 +60,23 @@ class HyperETLitModule(pl.LightningModule):
             ``eval_max_new_tokens``, e.g. 1 for answer-prefix decoding, takes precedence).
         gradient_checkpointing: activation checkpointing inside the transformers model.
     """
+
+    #: Hyper-parameters (dotted) that change which tensors are trainable: a checkpoint disagreeing in one of them
+    #: cannot be loaded onto the configured model (``hyperet`` / ``lora``: the whole section on or off).
+    LAYOUT_HPARAMS = (
+        "model.class_path",
+        "hyperet",
+        "hyperet.variant",
+        "hyperet.num_blocks",
+        "hyperet.block_size",
+        "hyperet.band_width",
+        "hyperet.targets",
+        "hyperet.learn_curvature",
+        "train_projector",
+        "lora",
+        "lora.r",
+        "lora.target_modules",
+    )
 
     def __init__(
         self,
@@ -83,14 +102,29 @@ class HyperETLitModule(pl.LightningModule):
         self.source = _as_source(model)
         self.hyperet_config: HyperETConfig | None = _as_dataclass(hyperet, HyperETConfig)
         self.lora_settings: LoraSettings | None = _as_dataclass(lora, LoraSettings)
-        self.optimizer_factory = _as_factory(optimizer)
-        self.scheduler_factory = _as_factory(lr_scheduler)
+        # Resolved when training starts, so loading a checkpoint for evaluation or export builds no optimiser.
+        self._optimizer_spec, self._scheduler_spec = optimizer, lr_scheduler
         self.processor = self.source.load_processor()
         self.llava: nn.Module | None = None
         self.val_metric: Any = None
         self.test_metric: Any = None
         # Checkpoints hold only the trainable tensors; load_state_dict checks that exactly those are present.
         self.strict_loading = False
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | Path,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> HyperETLitModule:
+        """The module rebuilt from a checkpoint's stored hyper-parameters (``kwargs`` override them) with its
+        trainable tensors loaded; never runs code the checkpoint names (see :mod:`lit_hyperet.checkpoints`)."""
+        if hparams_file is not None:
+            raise TypeError("hparams_file is not supported: the hyper-parameters come from the checkpoint")
+        return module_from_checkpoint(cls, checkpoint_path, map_location, overrides=kwargs)
 
     # ------------------------------------------------------------------------------------------------ model
 
@@ -174,8 +208,8 @@ class HyperETLitModule(pl.LightningModule):
                     groups.append({"params": chosen, "lr": lrs[name], "weight_decay": wd, "name": name + suffix})
         if not groups:
             raise ValueError("nothing to train: enable HyperET, the projector or LoRA")
-        optimizer = self.optimizer_factory(groups)
-        scheduler = self.scheduler_factory(optimizer)
+        optimizer = _as_factory(self._optimizer_spec, torch.optim.Optimizer)(groups)
+        scheduler = _as_factory(self._scheduler_spec, torch.optim.lr_scheduler.LRScheduler)(optimizer)
         if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps < 0:
             scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

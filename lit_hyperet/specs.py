@@ -3,6 +3,10 @@
 Checkpoints must load with ``torch.load(weights_only=True)``, so saved hyper-parameters may hold only plain types.
 LightningCLI already hands the module its parsed config in that form; these helpers give objects built in Python the
 same form and turn specs back into objects (the same ``class_path`` / ``init_args`` convention as jsonargparse).
+
+Specs come from checkpoints that researchers share, so turning one into an object must never run foreign code: a
+``class_path`` is resolved only inside :data:`ALLOWED_MODULES` (checked before anything is imported) and only to a
+class, never to a function.
 """
 
 from __future__ import annotations
@@ -21,13 +25,38 @@ def class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def import_class(path: str) -> Any:
-    """Import ``package.module.Name``."""
+#: Packages a spec's ``class_path`` may name: this package, and torch's optimisers and schedulers.
+ALLOWED_MODULES = ("lit_hyperet", "torch.optim")
+
+
+class SpecError(ValueError):
+    """A spec names something that may not be built from data (outside :data:`ALLOWED_MODULES`, or not a class)."""
+
+
+def _allowed(module: str) -> bool:
+    return any(module == root or module.startswith(root + ".") for root in ALLOWED_MODULES)
+
+
+def import_class(path: str) -> type:
+    """The class ``package.module.Name``, where ``package.module`` lies in :data:`ALLOWED_MODULES`.
+
+    The module name is checked before it is imported; a name that is not a class (a function, a module) is refused.
+    """
+    if not isinstance(path, str):
+        raise SpecError(f"class_path must be a string, got {path!r}")
     module, _, name = path.rpartition(".")
+    if not module or not _allowed(module):
+        raise SpecError(
+            f"class_path {path!r} is outside the allowed packages ({', '.join(ALLOWED_MODULES)}); "
+            "classes are never imported from elsewhere when building from stored data"
+        )
     try:
-        return getattr(importlib.import_module(module), name)
+        obj = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import {path!r}: {err}") from err
+        raise SpecError(f"cannot import {path!r}: {err}") from err
+    if not isinstance(obj, type):
+        raise SpecError(f"class_path {path!r} is not a class")
+    return obj
 
 
 def is_plain(value: Any) -> bool:
@@ -69,11 +98,23 @@ def is_spec(value: Any) -> bool:
     return isinstance(value, dict) and "class_path" in value
 
 
-def instantiate(spec: dict[str, Any], *args: Any) -> Any:
-    """Build ``class_path(*args, **init_args)``."""
-    return import_class(spec["class_path"])(*args, **spec.get("init_args", {}))
+def _checked(spec: dict[str, Any], base: type | None) -> tuple[type, dict[str, Any]]:
+    cls = import_class(spec["class_path"])
+    if base is not None and not issubclass(cls, base):
+        raise SpecError(f"class_path {spec['class_path']!r} is not a {base.__name__}")
+    init_args = spec.get("init_args") or {}
+    if not isinstance(init_args, dict) or not is_plain(init_args):
+        raise SpecError(f"init_args of {spec['class_path']!r} must be plain data, got {init_args!r}")
+    return cls, init_args
 
 
-def callable_from_spec(spec: dict[str, Any]) -> Any:
+def instantiate(spec: dict[str, Any], *args: Any, base: type | None = None) -> Any:
+    """Build ``class_path(*args, **init_args)`` (an allowed class, a subclass of ``base`` when given)."""
+    cls, init_args = _checked(spec, base)
+    return cls(*args, **init_args)
+
+
+def callable_from_spec(spec: dict[str, Any], base: type | None = None) -> Any:
     """A callable that builds ``class_path`` with ``init_args`` bound, e.g. an optimizer taking param groups."""
-    return functools.partial(import_class(spec["class_path"]), **spec.get("init_args", {}))
+    cls, init_args = _checked(spec, base)
+    return functools.partial(cls, **init_args)

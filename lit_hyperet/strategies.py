@@ -12,13 +12,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-
-class CheckpointError(ValueError):
-    """A checkpoint this strategy cannot resume (a sharded directory, or keys that are not the trainable set)."""
+from lit_hyperet.checkpoints import read_checkpoint
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -63,13 +60,9 @@ class FSDP2Strategy(ModelParallelStrategy):
         trainable-only checkpoints), so the key check the module does on ``load_state_dict`` is done here.
         """
         path = Path(self.broadcast(checkpoint_path))
-        if path.is_dir():
-            raise CheckpointError(
-                f"{path} is a directory (a distributed checkpoint); resume from a .ckpt file written by this strategy"
-            )
-        checkpoint = torch.load(path, mmap=True, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint(path, mmap=True)  # refuses directories (sharded checkpoints) and foreign files
         check = getattr(self.lightning_module, "check_state_keys", None)
         if check is not None:
-            check(checkpoint.get("state_dict", {}).keys(), source=str(path))
+            check(checkpoint["state_dict"].keys(), source=str(path))
         del checkpoint
         return super().load_checkpoint(path, weights_only=weights_only)

@@ -1,8 +1,8 @@
 """Distributed training that runs: DDP and FSDP2 with 2 CPU processes (gloo, loopback), resume, bf16, two nodes.
 
 One run of each kind is shared by the tests (module-scoped cache). The demo data of the session has 72 training
-problems: 36 per rank, 3 batches of 16 / 16 / 4 (padded batches), so step 3 ends the first epoch; a checkpoint
-written there resumes at an epoch boundary, where the distributed sampler's order is a function of the epoch.
+problems: 36 per rank, 3 batches of 16 / 16 / 4 (padded batches), so step 3 ends the first epoch; the killed run's
+checkpoint at step 2 lies inside it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 STEPS = 5
 EPOCH_STEPS = 3  # steps per epoch per rank (see the module docstring)
+KILL_AFTER = 2  # a checkpoint inside the first epoch
 # Large enough that clamps fire: the HyperET report at validation end runs the clamped chain and has non-zero numbers.
 CURVATURE = 1000.0
 TIMEOUT_S = 240  # each launch; a hung collective fails the test instead of the CI job
@@ -191,9 +192,9 @@ def runs(tiny_model_dir: Path, demo_data_dir: Path, tmp_path_factory: pytest.Tem
             [
                 *args("fsdp_killed", "fsdp", STEPS),
                 "--checkpoint.every_n_train_steps",
-                str(EPOCH_STEPS),
+                str(KILL_AFTER),
                 "--trainer.callbacks+=helpers.rank_state.KillAtStep",
-                f"--trainer.callbacks.step={EPOCH_STEPS}",
+                f"--trainer.callbacks.step={KILL_AFTER}",
             ],
             base / "fsdp_killed",
             killed=True,
@@ -289,11 +290,12 @@ def test_fsdp2_validation_generates_and_reports_like_the_unsharded_model(runs: C
 
 
 def test_fsdp2_resume_from_checkpoint_ends_where_the_uninterrupted_run_ends(runs: Callable[[str], Run]) -> None:
-    """A run SIGKILLed after its step-3 checkpoint, resumed with ``--ckpt_path``, gives the uninterrupted losses."""
+    """A run SIGKILLed after its step-2 checkpoint (inside an epoch), resumed with ``--ckpt_path``, gives the
+    uninterrupted losses and weights: the resumable loader continues the DistributedSampler's epoch."""
     uninterrupted, killed, resumed = runs("fsdp"), runs("fsdp_killed"), runs("fsdp_resumed")
     assert not killed.ranks  # it died before the end of fit
-    assert torch.load(killed.last, weights_only=True, map_location="cpu")["global_step"] == EPOCH_STEPS
-    assert sorted(resumed.losses) == list(range(EPOCH_STEPS + 1, STEPS + 1))
+    assert torch.load(killed.last, weights_only=True, map_location="cpu")["global_step"] == KILL_AFTER
+    assert sorted(resumed.losses) == list(range(KILL_AFTER + 1, STEPS + 1))
     for rank in (0, 1):
         expected = uninterrupted.ranks[rank]["losses"]
         assert_same_tensors(resumed.ranks[rank]["losses"], {s: expected[s] for s in resumed.ranks[rank]["losses"]})

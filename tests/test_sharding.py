@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 
+from lit_hyperet.checkpoints import CheckpointError
 from lit_hyperet.hyperet import hyperet_report
 from lit_hyperet.model import count_parameters
 from lit_hyperet.sharding import (
@@ -25,7 +26,7 @@ from lit_hyperet.sharding import (
     owning_units,
     shard_model,
 )
-from lit_hyperet.strategies import CheckpointError, FSDP2Strategy
+from lit_hyperet.strategies import FSDP2Strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "demo.yaml")

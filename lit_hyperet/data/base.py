@@ -11,6 +11,7 @@ from torchmetrics import Metric
 from lit_hyperet.data.collate import Collator, pad_token_id
 from lit_hyperet.data.conversation import Conversation, ConversationEncoder
 from lit_hyperet.data.dataset import ConversationDataset
+from lit_hyperet.data.resumable import ResumableDataLoader
 
 ROLES = ("train", "val", "test", "predict")
 STAGE_ROLES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
@@ -113,7 +114,8 @@ class ConversationDataModule(L.LightningDataModule):
         if role not in self.datasets:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for the {role} dataloader")
         train = role == "train"
-        return DataLoader(
+        loader_class = ResumableDataLoader if train else DataLoader  # training resumes inside an epoch
+        return loader_class(
             self.datasets[role],
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,

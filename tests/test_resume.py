@@ -1,0 +1,73 @@
+"""A fit killed (SIGKILL) after a checkpoint and resumed with ``--ckpt_path`` ends where the uninterrupted fit ends:
+same loss at every step and same final trainable weights, bit for bit on CPU in float32, including a resume in the
+middle of a shuffled epoch and across the next epoch boundary."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 8  # 72 training problems in batches of 16: 5 steps per epoch, so the run crosses into a second epoch
+KILL_AFTER = 2  # mid-epoch
+
+
+def fit(tiny_model_dir: Path, data_dir: Path, out: Path, *extra: str, killed: bool = False) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "lit_hyperet", "fit", "--config", str(ROOT / "configs" / "demo.yaml")]
+    command += ["--model.init_args.model.init_args.path", str(tiny_model_dir), "--data.init_args.data_dir"]
+    command += [str(data_dir), "--trainer.default_root_dir", str(out), "--checkpoint.dirpath", str(out / "ckpt")]
+    command += ["--trainer.max_steps", str(STEPS), "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps"]
+    command += ["1", "--checkpoint.every_n_train_steps", str(KILL_AFTER), "--trainer.enable_progress_bar", "false"]
+    command += ["--trainer.callbacks+=helpers.rank_state.SaveTrainableStatePerRank"]
+    command += [f"--trainer.callbacks.out_dir={out / 'ranks'}", *extra]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out.parent / 'mlflow.db'}"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
+    result = subprocess.run(command, cwd=out, env=env, capture_output=True, text=True, timeout=300)
+    if killed:
+        assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    else:
+        assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir: Path, demo_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("resume")
+    fit(tiny_model_dir, demo_data_dir, base / "uninterrupted")
+    kill = ["--trainer.callbacks+=helpers.rank_state.KillAtStep", f"--trainer.callbacks.step={KILL_AFTER}"]
+    fit(tiny_model_dir, demo_data_dir, base / "killed", *kill, killed=True)
+    last = base / "killed" / "ckpt" / "last.ckpt"
+    name = ["--trainer.logger.init_args.run_name", "resumed-run"]
+    fit(tiny_model_dir, demo_data_dir, base / "resumed", "--ckpt_path", str(last), *name)
+    return {"base": base, **{name: base / name for name in ("uninterrupted", "killed", "resumed")}}
+
+
+def test_killed_and_resumed_fit_ends_where_the_uninterrupted_fit_ends(runs: dict[str, Path]) -> None:
+    uninterrupted = torch.load(runs["uninterrupted"] / "ranks" / "rank0.pt", weights_only=True)
+    resumed = torch.load(runs["resumed"] / "ranks" / "rank0.pt", weights_only=True)
+    assert not (runs["killed"] / "ranks").exists()  # the killed run never reached the end of fit
+    checkpoint = torch.load(runs["killed"] / "ckpt" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == KILL_AFTER
+    assert sorted(resumed["losses"]) == list(range(KILL_AFTER + 1, STEPS + 1))
+    for step, loss in resumed["losses"].items():
+        assert torch.equal(loss, uninterrupted["losses"][step]), step
+    assert uninterrupted["state"].keys() == resumed["state"].keys()
+    for name, value in uninterrupted["state"].items():
+        assert torch.equal(resumed["state"][name], value), name
+
+
+def test_checkpoint_every_n_steps_updates_last_and_resume_keeps_the_run_name(runs: dict[str, Path]) -> None:
+    import mlflow
+
+    checkpoint = torch.load(runs["uninterrupted"] / "ckpt" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == STEPS
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{runs['base'] / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("lit_hyperet_demo")
+    names = {r.info.run_name for r in client.search_runs([experiment.experiment_id])}
+    assert "resumed-run" in names
