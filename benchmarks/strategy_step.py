@@ -2,8 +2,8 @@
 
 Each configuration is a real 2-process run of the demo (``configs/demo.yaml`` + ``configs/strategy/{ddp,fsdp}.yaml``,
 ``--trainer.accelerator cpu --trainer.devices 2``, float32, no validation, MLflow into a temporary store), started
-by Lightning as a user starts it. A callback in each rank (:class:`benchmarks._step_timer.StepTimer`) records the wall time of every
-training step (forward, backward, gradient reduction, optimiser) and the process's peak RSS; the tables give the
+by Lightning as a user starts it. A callback in each rank (:class:`benchmarks._step_timer.StepTimer`) records the
+wall time of every training step (forward, backward, gradient reduction, optimiser) and the process's peak RSS; the tables give the
 median step after the warm-up steps (slowest rank) and the largest peak RSS of a rank. Configurations: DDP; FSDP2 as
 ``fsdp.yaml`` ships it (with activation checkpointing); FSDP2 without activation checkpointing.
 
