@@ -1,10 +1,10 @@
 """DDP vs FSDP2 on CPU processes at the demo size: step time and memory per process of ``python -m lit_hyperet fit``.
 
 Each configuration is a real 2-process run of the demo (``configs/demo.yaml`` + ``configs/strategy/{ddp,fsdp}.yaml``,
-``--trainer.accelerator cpu --trainer.devices 2``, float32, no validation, MLflow into a temporary store), started
-by Lightning as a user starts it. A callback in each rank (:class:`benchmarks._step_timer.StepTimer`) records the
-wall time of every training step (forward, backward, gradient reduction, optimiser) and the process's peak RSS; the tables give the
-median step after the warm-up steps (slowest rank) and the largest peak RSS of a rank. Configurations: DDP; FSDP2 as
+``--trainer.accelerator cpu --trainer.devices 2``, float32, no validation, MLflow into a temporary store), started by
+Lightning as a user starts it. A callback in each rank (:class:`benchmarks._step_timer.StepTimer`) records the wall time
+of every training step (forward, backward, gradient reduction, optimiser) and the process's peak RSS; the tables give
+the median step after the warm-up steps (slowest rank) and the largest peak RSS of a rank. Configurations: DDP; FSDP2 as
 ``fsdp.yaml`` ships it (with activation checkpointing); FSDP2 without activation checkpointing.
 
 At the demo size (647 K parameters, 2.6 MB) memory per process is the Python/torch runtime and the data, not the
