@@ -211,7 +211,7 @@ class HyperETLitModule(pl.LightningModule):
         optimizer = _as_factory(self._optimizer_spec, torch.optim.Optimizer)(groups)
         scheduler = _as_factory(self._scheduler_spec, torch.optim.lr_scheduler.LRScheduler)(optimizer)
         if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps < 0:
-            scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
+            scheduler.set_total_steps(int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------------------------------------ steps

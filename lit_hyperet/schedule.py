@@ -26,6 +26,15 @@ class WarmupCosineLR(LambdaLR):
         self.min_lr_ratio = min_lr_ratio
         super().__init__(optimizer, self.factor)
 
+    def set_total_steps(self, total_steps: int) -> None:
+        """Fix the run length once it is known and re-apply the current step's lr: ``LambdaLR`` sets the first lr when
+        it is built, which with ``total_steps=-1`` would be the peak instead of the first warm-up value."""
+        self.total_steps = total_steps
+        factor = self.factor(self.last_epoch)
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base_lr * factor
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
     def warmup_steps(self) -> int:
         """Warm-up length in steps."""
         if self.warmup < 1:
