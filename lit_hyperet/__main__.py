@@ -40,16 +40,18 @@ TRACEBACK_ENV = "LIT_HYPERET_TRACEBACK"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch to a command; a user error (e.g. an unusable checkpoint) ends with one line on stderr and exit 2."""
+    """Dispatch to a command. An unusable checkpoint ends with one line on stderr and exit 2, a run stopped by a
+    non-finite loss with one line and exit 1."""
     from lit_hyperet.checkpoints import CheckpointError
+    from lit_hyperet.non_finite import NonFiniteLossError
 
     try:
         return _dispatch(argv)
-    except CheckpointError as err:
+    except (CheckpointError, NonFiniteLossError) as err:
         if os.environ.get(TRACEBACK_ENV) == "1":
             raise
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(err, CheckpointError) else 1
 
 
 def _dispatch(argv: list[str] | None) -> int:

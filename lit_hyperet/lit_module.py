@@ -14,11 +14,19 @@ from torch import nn
 from lit_hyperet.checkpoints import module_from_checkpoint
 from lit_hyperet.hyperet import HyperETConfig, adapted_module_names, hyperet_report, summarize_report
 from lit_hyperet.model import LoraSettings, ModelSource, build_llava, count_parameters, trainable_groups
+from lit_hyperet.non_finite import (
+    NON_FINITE_POLICIES,
+    NonFiniteLossError,
+    NonFinitePolicy,
+    all_ranks_finite,
+    stop_message,
+)
 from lit_hyperet.schedule import WarmupCosineLR
 from lit_hyperet.sharding import gathered, shard_model
 from lit_hyperet.specs import callable_from_spec, instantiate, is_spec, to_spec
 
 log = logging.getLogger(__name__)
+SKIPPED_STEPS_KEY = "non_finite_skipped_steps"
 
 
 def _as_source(value: ModelSource | dict[str, Any]) -> ModelSource:
@@ -41,6 +49,12 @@ def _as_factory(value: Any, base: type) -> Any:
     return callable_from_spec(value, base=base) if is_spec(value) else value
 
 
+def _drop_gradients(optimizer: Any) -> None:
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = None  # torch optimisers leave parameters without a gradient as they are
+
+
 class HyperETLitModule(pl.LightningModule):
     """Trains HyperET matrices, the projector and LoRA on a LLaVA model; evaluates by greedy generation.
 
@@ -59,6 +73,10 @@ class HyperETLitModule(pl.LightningModule):
         max_new_tokens: greedy generation length in validation/test/predict (a datamodule's
             ``eval_max_new_tokens``, e.g. 1 for answer-prefix decoding, takes precedence).
         gradient_checkpointing: activation checkpointing inside the transformers model.
+        non_finite: a non-finite loss (or gradient norm, when ``trainer.gradient_clip_val`` is set) ``stop``s the run
+            with an error, or ``skip``s the step: its gradients are dropped, so no parameter changes (the step still
+            counts, and the schedule moves on).
+        max_skipped_steps: with ``skip``, the run stops once more steps than this were skipped.
     """
 
     #: Hyper-parameters (dotted) that change which tensors are trainable: a checkpoint disagreeing in one of them
@@ -92,6 +110,8 @@ class HyperETLitModule(pl.LightningModule):
         weight_decay: float = 0.0,
         max_new_tokens: int = 32,
         gradient_checkpointing: bool = False,
+        non_finite: NonFinitePolicy = "stop",
+        max_skipped_steps: int = 10,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -110,6 +130,10 @@ class HyperETLitModule(pl.LightningModule):
         self.test_metric: Any = None
         # Checkpoints hold only the trainable tensors; load_state_dict checks that exactly those are present.
         self.strict_loading = False
+        if non_finite not in NON_FINITE_POLICIES:
+            raise ValueError(f"non_finite must be one of {NON_FINITE_POLICIES}, got {non_finite!r}")
+        self.skipped_steps = 0
+        self._drop_update = False
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
@@ -174,9 +198,14 @@ class HyperETLitModule(pl.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only trainable tensors (HyperET, projector, LoRA)."""
+        """Keep only trainable tensors (HyperET, projector, LoRA), and the count of skipped non-finite steps."""
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint[SKIPPED_STEPS_KEY] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run goes on counting skipped non-finite steps."""
+        self.skipped_steps = int(checkpoint.get(SKIPPED_STEPS_KEY, 0))
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """Load a trainable-only state dict onto the rebuilt frozen model; any other key set is an error.
@@ -220,8 +249,54 @@ class HyperETLitModule(pl.LightningModule):
         """LM loss on the tokens the batch's ``labels`` mark."""
         # No KV cache in training: recomputed (checkpointed) layers would append to it a second time.
         out = self.llava(**self._model_inputs(batch), labels=batch["labels"], use_cache=False)
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        return out.loss
+        if all_ranks_finite(out.loss, self._strategy()):
+            self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+            return out.loss
+        self._non_finite("loss", float(out.loss.detach()))
+        # Skipped: a finite zero loss keeps backward (and DDP / FSDP2 collectives) running on every rank alike, and
+        # on_before_optimizer_step drops the step's gradients. (Lightning refuses a None loss when distributed.)
+        self._drop_update = True
+        return out.loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Drop the gradients of a skipped step, so the optimiser leaves every parameter as it is."""
+        if self._drop_update:
+            _drop_gradients(optimizer)
+            self._drop_update = False
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Lightning's clipping, then the non-finite check of the clipped gradients' norm (when clipping is on)."""
+        if gradient_clip_val is None:
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.nn.utils.get_total_norm(grads)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: the norm over all shards
+        if not all_ranks_finite(norm, self._strategy()):
+            self._non_finite("gradient norm", float(norm))
+            _drop_gradients(optimizer)
+
+    def _strategy(self) -> Any:
+        return self.trainer.strategy if self._trainer is not None else None
+
+    def _non_finite(self, what: str, value: float) -> None:
+        """Stop (``NonFiniteLossError``) or count a skipped step, as ``non_finite`` says."""
+        if self.hparams.non_finite == "stop":
+            raise NonFiniteLossError(stop_message(what, value, self.global_step))
+        self.skipped_steps += 1
+        log.warning(
+            "skipped step %d: non-finite %s (%s); %d skipped", self.global_step, what, value, self.skipped_steps
+        )
+        self.log("train/skipped_non_finite_steps", float(self.skipped_steps))
+        if self.skipped_steps > self.hparams.max_skipped_steps:
+            raise NonFiniteLossError(
+                f"{self.skipped_steps} steps with a non-finite {what} (more than max_skipped_steps "
+                f"{self.hparams.max_skipped_steps}); training stopped at step {self.global_step}"
+            )
 
     def _metric(self, stage: str) -> Any:
         """The stage's metric, built on first use by the datamodule's ``build_metric`` (exact match without one)."""
