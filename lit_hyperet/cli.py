@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +29,39 @@ def tracking_uri() -> str:
     (MLflow ≥ 3.13 refuses the ``./mlruns`` file store that ``MLFlowLogger`` would otherwise default to.)
     """
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def prepare_tracking_store(uri: str) -> None:
+    """Create (and migrate) a ``sqlite:///`` MLflow store under an exclusive file lock beside the database.
+
+    MLflow creates the schema of a new sqlite store on first use; two processes doing that at once (two fits, the
+    nodes of a job) collide in the migration and can leave the store unreadable. Other stores are left alone. The
+    lock needs a filesystem with working ``flock`` (local disks do; some network filesystems do not).
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    import fcntl
+
+    from mlflow import MlflowClient
+
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _configured_tracking_uris(config: Any) -> list[str]:
+    loggers = config.get("trainer", {}).get("logger")
+    loggers = loggers if isinstance(loggers, list) else [loggers]
+    uris = []
+    for logger in loggers:
+        if hasattr(logger, "get") and str(logger.get("class_path", "")).endswith("MLFlowLogger"):
+            uris.append(logger.get("init_args", {}).get("tracking_uri") or tracking_uri())
+    return uris
 
 
 class MLflowSaveConfigCallback(SaveConfigCallback):
@@ -107,10 +141,12 @@ class HyperETCLI(LightningCLI):
             print(f"note: {ckpt_path} was trained with {key}={a!r}; using the configured {b!r}", file=sys.stderr)
 
     def before_instantiate_classes(self) -> None:
-        """Apply ``torch_num_threads`` before any model is built."""
+        """Apply ``torch_num_threads`` before any model is built; create MLflow sqlite stores before any logger."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.get("torch_num_threads"):
             torch.set_num_threads(config.torch_num_threads)
+        for uri in _configured_tracking_uris(config):
+            prepare_tracking_store(uri)
 
 
 def cli_main(args: ArgsType = None, run: bool = True) -> HyperETCLI:
