@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,12 +45,14 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
         raise CheckpointError(f"{path}: a directory, not a checkpoint file (use the .ckpt file that fit writes)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated, or not written by torch.save)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path}: holds objects other than tensors and plain data; refused ({_first_line(err)})"
-        ) from None
+        named = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f": it names {named.group(1)}" if named else ""
+        raise CheckpointError(f"{path}: holds objects other than tensors and plain data; refused{what}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint (truncated, or not written by torch.save): {_first_line(err)}"
