@@ -101,16 +101,10 @@ def launch(args: list[str], out: Path, killed: bool = False) -> None:
 
 
 def launch_two_nodes(args: list[str], out: Path) -> None:
-    """Two nodes on one machine: two torchrun launchers meeting at a c10d rendezvous on 127.0.0.1.
-
-    Every rank builds the MLflow logger; the tracking store must exist before two launchers start at once (on a
-    cluster: a tracking server), else both create the sqlite tables at the same moment.
-    """
-    import mlflow
-
+    """Two nodes on one machine: two torchrun launchers meeting at a c10d rendezvous on 127.0.0.1. Both start on a
+    fresh sqlite MLflow store at the same moment (created under a file lock)."""
     out.mkdir(parents=True, exist_ok=True)
     env, port = _env(out), _free_port()
-    mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).search_experiments()
     torchrun = [
         sys.executable,
         "-m",
