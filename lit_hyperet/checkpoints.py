@@ -145,9 +145,11 @@ def module_from_checkpoint(
         module = module_class(**hparams)
     except (SpecError, TypeError, ValueError) as err:  # stored entries the module refuses
         raise CheckpointError(f"{path}: {err}") from None
+    if hasattr(module, "check_state_keys"):
+        module.check_state_keys(checkpoint["state_dict"], source=str(path))
     try:
         module.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as err:
+    except RuntimeError as err:  # shapes that do not fit the configured model
         raise CheckpointError(f"{path}: {err}") from None
     if map_location is not None:
         module.to(map_location)

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from lit_hyperet.checkpoints import module_from_checkpoint
+from lit_hyperet.checkpoints import CheckpointError, module_from_checkpoint
 from lit_hyperet.hyperet import HyperETConfig, adapted_module_names, hyperet_report, summarize_report
 from lit_hyperet.model import LoraSettings, ModelSource, build_llava, count_parameters, trainable_groups
 from lit_hyperet.non_finite import (
@@ -187,13 +187,14 @@ class HyperETLitModule(pl.LightningModule):
         return {name for name, p in self.named_parameters() if p.requires_grad}
 
     def check_state_keys(self, keys: Any, source: str = "checkpoint") -> None:
-        """``RuntimeError`` unless ``keys`` are exactly the trainable state keys of the configured model."""
+        """``CheckpointError`` unless ``keys`` are exactly the trainable state keys of the configured model."""
         self.configure_model()
         expected, given = self.trainable_state_keys(), set(keys)
         if given != expected:
             missing, unexpected = sorted(expected - given), sorted(given - expected)
-            raise RuntimeError(
-                f"{source} does not match the trainable parameters: missing {missing[:10]} ({len(missing)}), "
+            raise CheckpointError(
+                f"{source}: its tensors do not match the configured model's trainable parameters: "
+                f"missing {missing[:10]} ({len(missing)}), "
                 f"unexpected {unexpected[:10]} ({len(unexpected)})"
             )
 
@@ -204,7 +205,10 @@ class HyperETLitModule(pl.LightningModule):
         checkpoint[SKIPPED_STEPS_KEY] = self.skipped_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A resumed run goes on counting skipped non-finite steps."""
+        """Check the tensors are the configured model's trainable set (naming the file), before Lightning loads them;
+        a resumed run goes on counting skipped non-finite steps."""
+        if "state_dict" in checkpoint:  # FSDP2Strategy has loaded (and checked) them already
+            self.check_state_keys(checkpoint["state_dict"], source=str(self.trainer.ckpt_path))
         self.skipped_steps = int(checkpoint.get(SKIPPED_STEPS_KEY, 0))
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:

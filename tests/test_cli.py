@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.demo_cli import demo_args
 
 from lit_hyperet.__main__ import main
 from lit_hyperet.cli import cli_main
@@ -38,26 +39,6 @@ def test_every_config_parses_against_the_cli(configs: list[Path], capsys: pytest
         cli_main(args)
     assert exit_info.value.code in (None, 0)
     assert "class_path: lit_hyperet.HyperETLitModule" in capsys.readouterr().out
-
-
-def demo_args(tiny_model_dir: Path, demo_data_dir: Path, out: Path) -> list[str]:
-    """Point the demo at the session's tiny model and data, and its outputs at ``out``."""
-    return [
-        "--config",
-        DEMO,
-        "--model.init_args.model.init_args.path",
-        str(tiny_model_dir),
-        "--data.init_args.data_dir",
-        str(demo_data_dir),
-        "--trainer.default_root_dir",
-        str(out),
-        "--checkpoint.dirpath",
-        str(out / "checkpoints"),
-        "--prediction_writer.output_path",
-        str(out / "predictions.json"),
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
 
 
 def test_help_lists_tools_and_lightning_commands(capsys: pytest.CaptureFixture) -> None:

@@ -12,6 +12,7 @@ from PIL import Image
 from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader
 
+from lit_hyperet.checkpoints import CheckpointError
 from lit_hyperet.hyperet import HyperETConfig
 from lit_hyperet.lit_module import HyperETLitModule
 from lit_hyperet.model import LoraSettings, TinyLlava
@@ -111,7 +112,7 @@ def test_checkpoint_with_wrong_keys_is_rejected(trained) -> None:
     state = torch.load(ckpt_path, weights_only=True, map_location="cpu")["state_dict"]
     state.pop(next(iter(state)))
     fresh = make_module(Path(module.source.path))
-    with pytest.raises(RuntimeError, match="missing"):
+    with pytest.raises(CheckpointError, match="missing"):
         fresh.load_state_dict(state)
 
 

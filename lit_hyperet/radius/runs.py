@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 SPLITS: tuple[str, ...] = ("val", "test")
@@ -67,10 +66,14 @@ def check_specs(specs: list[RunSpec]) -> None:
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"run names must be unique, got {names}")
+    from lit_hyperet.checkpoints import CheckpointError
+
     for s in specs:
-        for path in [*s.configs, *([s.ckpt] if s.ckpt else [])]:
+        for path in s.configs:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"run {s.name!r}: {path} does not exist")
+        if s.ckpt and not Path(s.ckpt).is_file():
+            raise CheckpointError(f"{s.ckpt}: no such checkpoint file (run {s.name!r})")
 
 
 def build(spec: RunSpec, extra_overrides: list[str] = ()) -> tuple[Any, Any]:
@@ -97,12 +100,13 @@ def build(spec: RunSpec, extra_overrides: list[str] = ()) -> tuple[Any, Any]:
 
 
 def load_trainable(module: Any, ckpt: str | Path) -> None:
-    """Load a checkpoint's trainable tensors onto ``module`` (which checks they are exactly its trainable set)."""
-    try:
-        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-        module.load_state_dict(checkpoint["state_dict"])
-    except Exception as exc:
-        raise RuntimeError(f"{ckpt}: cannot load its trainable tensors onto the configured model: {exc}") from exc
+    """Load a checkpoint's trainable tensors onto ``module`` (which checks they are exactly its trainable set); the
+    checkpoint's stored hyper-parameters are not used. An unusable checkpoint is a ``CheckpointError``."""
+    from lit_hyperet.checkpoints import read_checkpoint
+
+    state = read_checkpoint(ckpt)["state_dict"]
+    module.check_state_keys(state, source=str(ckpt))
+    module.load_state_dict(state)
 
 
 def dataloader(datamodule: Any, split: str, max_samples: int | None, where: str) -> tuple[Any, str]:
