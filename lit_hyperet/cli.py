@@ -60,7 +60,8 @@ def _configured_tracking_uris(config: Any) -> list[str]:
     uris = []
     for logger in loggers:
         if hasattr(logger, "get") and str(logger.get("class_path", "")).endswith("MLFlowLogger"):
-            uris.append(logger.get("init_args", {}).get("tracking_uri") or tracking_uri())
+            # MLFlowLogger itself falls back to the environment when no URI is configured
+            uris.append(logger.get("init_args", {}).get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI", ""))
     return uris
 
 
@@ -132,7 +133,7 @@ class HyperETCLI(LightningCLI):
             return
         model_config = self.config[subcommand]["model"].as_dict()
         module_class = import_class(model_config["class_path"])
-        stored = stored_hparams(read_checkpoint(ckpt_path), module_class, ckpt_path)
+        stored = stored_hparams(read_checkpoint(ckpt_path, mmap=True), module_class, ckpt_path)
         layout, other = compare_hparams(stored, model_config.get("init_args", {}), module_class)
         if layout:
             lines = "; ".join(f"{key}: checkpoint {a!r}, configured {b!r}" for key, a, b in layout)

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from lit_hyperet.checkpoints import CheckpointError, read_checkpoint
+
 SPLITS: tuple[str, ...] = ("val", "test")
 
 
@@ -66,8 +68,6 @@ def check_specs(specs: list[RunSpec]) -> None:
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"run names must be unique, got {names}")
-    from lit_hyperet.checkpoints import CheckpointError
-
     for s in specs:
         for path in s.configs:
             if not Path(path).is_file():
@@ -102,8 +102,6 @@ def build(spec: RunSpec, extra_overrides: list[str] = ()) -> tuple[Any, Any]:
 def load_trainable(module: Any, ckpt: str | Path) -> None:
     """Load a checkpoint's trainable tensors onto ``module`` (which checks they are exactly its trainable set); the
     checkpoint's stored hyper-parameters are not used. An unusable checkpoint is a ``CheckpointError``."""
-    from lit_hyperet.checkpoints import read_checkpoint
-
     state = read_checkpoint(ckpt)["state_dict"]
     module.check_state_keys(state, source=str(ckpt))
     module.load_state_dict(state)
