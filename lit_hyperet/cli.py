@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,41 +16,10 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lit_hyperet.callbacks import PredictionWriter
 from lit_hyperet.checkpoints import CheckpointError, compare_hparams, read_checkpoint, stored_hparams
 from lit_hyperet.lit_module import HyperETLitModule
+from lit_hyperet.mlflow_store import prepare_tracking_store, tracking_uri
 from lit_hyperet.specs import import_class
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "lit_hyperet"
-
-
-def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else a sqlite store ``mlflow.db`` in the working directory.
-
-    (MLflow ≥ 3.13 refuses the ``./mlruns`` file store that ``MLFlowLogger`` would otherwise default to.)
-    """
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-def prepare_tracking_store(uri: str) -> None:
-    """Create (and migrate) a ``sqlite:///`` MLflow store under an exclusive file lock beside the database.
-
-    MLflow creates the schema of a new sqlite store on first use; two processes doing that at once (two fits, the
-    nodes of a job) collide in the migration and can leave the store unreadable. Other stores are left alone. The
-    lock needs a filesystem with working ``flock`` (local disks do; some network filesystems do not).
-    """
-    if not uri.startswith("sqlite:///"):
-        return
-    import fcntl
-
-    from mlflow import MlflowClient
-
-    database = Path(uri.removeprefix("sqlite:///"))
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with open(database.with_name(database.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _configured_tracking_uris(config: Any) -> list[str]:

@@ -31,6 +31,15 @@ _ANSWER_RE = re.compile(r"The answer is ([A-Z]).")  # the official pattern, unes
 _GRADE_RE = re.compile(r"grade(\d+)")
 
 
+def grade_band(grade: Any) -> str | None:
+    """ScienceQA's grade group of a ``gradeN`` value: ``G1-6``, ``G7-12``, or ``None`` for anything else."""
+    match = _GRADE_RE.fullmatch(str(grade)) if grade is not None else None
+    if match is None:
+        return None
+    number = int(match.group(1))
+    return "G1-6" if 1 <= number <= 6 else "G7-12" if 7 <= number <= 12 else None
+
+
 def score_groups(meta: dict[str, Any]) -> list[str]:
     """The groups a problem counts in, from its meta (``subject``, ``grade``, ``topic``, ``has_text``,
     ``has_image``)."""
@@ -43,11 +52,9 @@ def score_groups(meta: dict[str, Any]) -> list[str]:
         groups.append("IMG")
     if not meta["has_text"] and not meta["has_image"]:
         groups.append("NO")
-    match = _GRADE_RE.fullmatch(str(meta["grade"]))
-    if match and 1 <= int(match.group(1)) <= 6:
-        groups.append("G1-6")
-    elif match and 7 <= int(match.group(1)) <= 12:
-        groups.append("G7-12")
+    band = grade_band(meta["grade"])
+    if band is not None:
+        groups.append(band)
     if f"topic/{meta['topic']}" in GROUP_INDEX:
         groups.append(f"topic/{meta['topic']}")
     return groups

@@ -25,9 +25,10 @@ from lit_hyperet.radius.command import main as radius_main
 from lit_hyperet.radius.compute import token_quantities
 from lit_hyperet.radius.features import TokenSelection, token_features
 from lit_hyperet.radius.plots import plot_radius
-from lit_hyperet.radius.records import ImageRecord, RunResult, grade_band
+from lit_hyperet.radius.records import ImageRecord, RunResult, categories
 from lit_hyperet.radius.reliability import reliability_rows, to_markdown
 from lit_hyperet.radius.runs import build, parse_run
+from lit_hyperet.scienceqa_rules import grade_band
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[1]
@@ -305,3 +306,12 @@ def test_comparison_one_combined_plot(tmp_path: Path, tiny_model_dirs: dict[str,
     assert means["ratio_after_to_before"] == pytest.approx(means["after"] / means["before"])
     with (out / "radius_images.csv").open() as fh:
         assert {r["run"] for r in csv.DictReader(fh)} == {"before", "again", "after", "siglip"}
+
+
+@pytest.mark.parametrize(
+    ("grade", "band"), [("grade1", "G1-6"), ("grade6", "G1-6"), ("grade7", "G7-12"), ("grade12", "G7-12"), ("k", None)]
+)
+def test_grade_bands_where_radius_groups_by_them(grade: str, band: str | None) -> None:
+    """The radius records' ``grade_band`` follows the official rule (grades 1-6 and 7-12)."""
+    found = categories({"subject": "natural science", "grade": grade})
+    assert found.get("grade_band") == band

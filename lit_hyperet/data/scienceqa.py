@@ -21,8 +21,8 @@ from typing import Any
 
 from lit_hyperet.data.errors import DataError, read_json, where
 from lit_hyperet.data.images import ImageRef
+from lit_hyperet.scienceqa_rules import OPTION_LETTERS
 
-OPTION_LETTERS = ("A", "B", "C", "D", "E")
 BASE_SPLITS = ("train", "val", "test")
 ALL_SPLITS = ("train", "val", "test", "trainval", "minitrain", "minival", "minitest")
 PARQUET_SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from lit_hyperet.scienceqa_rules import grade_band
 
 #: Per-sample meta fields copied into the records (when the datamodule's meta has them), in CSV column order.
 CATEGORY_FIELDS: tuple[str, ...] = (
@@ -20,15 +21,6 @@ CATEGORY_FIELDS: tuple[str, ...] = (
     "has_text",
     "answer",
 )
-_GRADE = re.compile(r"(\d+)")
-
-
-def grade_band(grade: Any) -> str | None:
-    """ScienceQA's grade group: ``G1-6`` or ``G7-12`` (``None`` when the grade has no number)."""
-    match = _GRADE.search(str(grade)) if grade is not None else None
-    if match is None:
-        return None
-    return "G1-6" if int(match.group(1)) <= 6 else "G7-12"
 
 
 def categories(meta: dict[str, Any]) -> dict[str, Any]:

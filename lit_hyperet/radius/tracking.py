@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+from lit_hyperet.mlflow_store import tracking_uri
+
 EXPERIMENT = "lit_hyperet_radius"
 _BAD = re.compile(r"[^A-Za-z0-9_\-./ ]")
-
-
-def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db`` in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def headline_metrics(summary: dict[str, Any]) -> dict[str, float]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lit_hyperet.scienceqa_rules import CATEGORIES
 from lit_hyperet.sweep.spec import Sweep, Trial, config_tags
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from lit_hyperet.sweep.runner import Tracker
 
 #: ScienceQA categories in the paper's column order (metrics are logged as fractions).
-CATEGORIES = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12", "Avg")
 SPLITS = ("test", "val")
 DEVIATION = "hyperet/identity_deviation_max"
 CLAMP = "hyperet/clamp_fraction_mean"

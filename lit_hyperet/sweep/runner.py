@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from lit_hyperet.mlflow_store import tracking_uri
 from lit_hyperet.sweep.spec import (
     Sweep,
     Trial,
@@ -39,17 +40,10 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-#: Same default as ``lit_hyperet.cli`` (not imported: it pulls in torch). MLflow ≥ 3.13 refuses ``./mlruns``.
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 LOG_TAIL_LINES = 50
 TAG_VALUE_LIMIT = 5000
 PARENT_TAG = "mlflow.parentRunId"
 TIMEOUT_RC = 124
-
-
-def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db`` in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 @dataclass
