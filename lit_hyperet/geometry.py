@@ -22,7 +22,8 @@ from collections.abc import Callable
 import torch
 from geoopt.manifolds.stereographic import math as pmath
 
-# Clamps of the released HyperET code (see DESIGN.md). geoopt uses ±(1-1e-7), 1e-15 and 4e-3 (fp32) instead.
+# Clamps of the released HyperET code: tanh input ±15, artanh input ±(1-1e-5), norms floored at 1e-5, results kept
+# inside radius (1-1e-3)/√c. geoopt uses ±(1-1e-7), 1e-15 and 4e-3 (fp32) instead.
 TANH_CLAMP = 15.0
 ARTANH_EPS = 1e-5
 NORM_FLOOR = 1e-5
