@@ -8,8 +8,17 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lit_hyperet.data.demo import COLOURS, MIN_PROBLEMS, POSITIONS, RHYMES, SHAPES, STORY_COLOURS, TIMES, main
-from lit_hyperet.data.demo import make_demo_data as make
+from lit_hyperet.data.demo import (
+    COLOURS,
+    MIN_PROBLEMS,
+    POSITIONS,
+    RHYMES,
+    SHAPES,
+    STORY_COLOURS,
+    TIMES,
+    main,
+    make_demo_data as make,
+)
 from lit_hyperet.data.scienceqa import load_scienceqa
 from lit_hyperet.scienceqa_rules import CATEGORIES, score_groups
 

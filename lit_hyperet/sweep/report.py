@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lit_hyperet.hyperet_config import DEFAULT_BLOCK_SIZE
 from lit_hyperet.scienceqa_rules import CATEGORIES
 from lit_hyperet.sweep.spec import Sweep, Trial, config_tags
 
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 SPLITS = ("test", "val")
 DEVIATION = "hyperet/identity_deviation_max"
 CLAMP = "hyperet/clamp_fraction_mean"
-DEFAULT_BLOCK_SIZE = 4  # lit_hyperet.hyperet.DEFAULT_BLOCK_SIZE (not imported: torch)
 DASH = "—"
 
 
