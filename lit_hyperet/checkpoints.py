@@ -130,6 +130,19 @@ def compare_hparams(
     return layout, other
 
 
+def load_trainable(module: Any, path: str | Path, checkpoint: dict[str, Any] | None = None) -> None:
+    """Load a checkpoint's tensors onto ``module`` (its stored hyper-parameters are not used); tensors that are not the
+    module's trainable set (``check_state_keys``) or do not fit its shapes are a :class:`CheckpointError` naming the
+    file. ``checkpoint``: the file's content when the caller has read it already."""
+    state = (checkpoint if checkpoint is not None else read_checkpoint(path))["state_dict"]
+    if hasattr(module, "check_state_keys"):
+        module.check_state_keys(state, source=str(path))
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:  # shapes that do not fit the configured model
+        raise CheckpointError(f"{path}: {err}") from None
+
+
 def module_from_checkpoint(
     module_class: type[T], path: str | Path, map_location: Any = None, overrides: dict[str, Any] | None = None
 ) -> T:
@@ -145,12 +158,7 @@ def module_from_checkpoint(
         module = module_class(**hparams)
     except (SpecError, TypeError, ValueError) as err:  # stored entries the module refuses
         raise CheckpointError(f"{path}: {err}") from None
-    if hasattr(module, "check_state_keys"):
-        module.check_state_keys(checkpoint["state_dict"], source=str(path))
-    try:
-        module.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as err:  # shapes that do not fit the configured model
-        raise CheckpointError(f"{path}: {err}") from None
+    load_trainable(module, path, checkpoint)
     if map_location is not None:
         module.to(map_location)
     return module

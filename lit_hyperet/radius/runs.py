@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from lit_hyperet.checkpoints import CheckpointError, read_checkpoint
+from lit_hyperet.checkpoints import CheckpointError, load_trainable
 
 SPLITS: tuple[str, ...] = ("val", "test")
 
@@ -97,14 +97,6 @@ def build(spec: RunSpec, extra_overrides: list[str] = ()) -> tuple[Any, Any]:
         load_trainable(module, spec.ckpt)
     module.eval()
     return module, datamodule
-
-
-def load_trainable(module: Any, ckpt: str | Path) -> None:
-    """Load a checkpoint's trainable tensors onto ``module`` (which checks they are exactly its trainable set); the
-    checkpoint's stored hyper-parameters are not used. An unusable checkpoint is a ``CheckpointError``."""
-    state = read_checkpoint(ckpt)["state_dict"]
-    module.check_state_keys(state, source=str(ckpt))
-    module.load_state_dict(state)
 
 
 def dataloader(datamodule: Any, split: str, max_samples: int | None, where: str) -> tuple[Any, str]:
