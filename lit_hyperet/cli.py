@@ -120,14 +120,26 @@ class HyperETCLI(LightningCLI):
 
 def cli_main(args: ArgsType = None, run: bool = True) -> HyperETCLI:
     """Entry point of ``python -m lit_hyperet fit|validate|test|predict``."""
-    return HyperETCLI(
-        HyperETLitModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=MLflowSaveConfigCallback,
-        auto_configure_optimizers=False,
-        args=args,
-        run=run,
-        parser_kwargs={"parser_mode": "yaml"},
-    )
+    caller_group = _process_group_initialized()
+    try:
+        return HyperETCLI(
+            HyperETLitModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=MLflowSaveConfigCallback,
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+            parser_kwargs={"parser_mode": "yaml"},
+        )
+    finally:
+        if not caller_group and _process_group_initialized():
+            # End the group the run created while the interpreter is alive. Lightning does this at exit for NCCL
+            # only; a gloo group left to interpreter shutdown can abort a run that succeeded (SIGABRT, "terminate
+            # called without an active exception").
+            torch.distributed.destroy_process_group()
+
+
+def _process_group_initialized() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()

@@ -374,3 +374,28 @@ def test_fsdp2_predict_from_checkpoint_equals_one_process(
     cli_main(["predict", *common, "--prediction_writer.output_path", str(single)])
     expected = json.loads(single.read_text())
     assert expected and json.loads((sharded / "predictions.json").read_text()) == expected
+
+
+@pytest.mark.parametrize("caller_owns_group", [False, True])
+def test_a_run_ends_the_process_group_it_created_and_keeps_the_callers(
+    caller_owns_group: bool, tiny_model_dir: Path, demo_data_dir: Path, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A gloo group left to interpreter shutdown can abort a finished run, so the CLI ends the group its strategy
+    created; a group the caller set up before calling the CLI stays the caller's."""
+    import torch.distributed as dist
+    from helpers.demo_cli import demo_args
+
+    from lit_hyperet.cli import cli_main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    if caller_owns_group:
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        args = ["validate", *demo_args(tiny_model_dir, demo_data_dir, tmp_path / "out"), "--trainer.strategy", "ddp"]
+        cli_main([*args, "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.limit_val_batches", "1"])
+        assert dist.is_initialized() == caller_owns_group
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
