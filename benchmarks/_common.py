@@ -50,7 +50,7 @@ TIME_METHOD = (
 _STEADY = False  # set by steady_allocator()
 
 # The forkserver imports these once (missing ones are skipped); measurement children are forked with them loaded.
-PRELOAD = ["torch", "geoopt", "lit_hyperet.hyperet", "transformers", "peft", "lit_hyperet.model.build"]
+PRELOAD = ["torch", "geoopt", "lit_hyperet.hyperet", "transformers", "peft", "lit_hyperet.models.llava.build"]
 PRELOAD += ["benchmarks._models", "benchmarks.adapter_ops", "benchmarks.step_overhead"]
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4
 WARMUP_CALLS = 3

@@ -11,8 +11,8 @@ from torch import nn
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from lit_hyperet.hyperet import HyperETConfig
-from lit_hyperet.model.build import LoraSettings, build_llava
-from lit_hyperet.model.sources import ModelSource
+from lit_hyperet.models.llava.build import LoraSettings, build_llava
+from lit_hyperet.models.loading import ModelSource
 
 IMAGE_TOKEN_ID = 3  # a reserved id below the vocabulary's random text ids
 BOS, PAD = 1, 0

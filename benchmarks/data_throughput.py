@@ -31,11 +31,11 @@ from torch import nn
 
 from benchmarks._common import clock, clock_name, fmt, machine, script_main, table, time_call
 from benchmarks._models import adamw_step
-from lit_hyperet.data.demo import make_demo_data
-from lit_hyperet.data.scienceqa_datamodule import ScienceQADataModule
 from lit_hyperet.hyperet import HyperETConfig
-from lit_hyperet.model.build import LoraSettings, build_llava
-from lit_hyperet.model.sources import TinyLlava
+from lit_hyperet.models.llava.build import LoraSettings, build_llava
+from lit_hyperet.models.llava.sources import TinyLlava
+from lit_hyperet.tasks.scienceqa.datamodule import ScienceQADataModule
+from lit_hyperet.tasks.scienceqa.demo import make_demo_data
 
 NAME = "data_throughput"
 GOAL = 10.0

@@ -46,7 +46,7 @@ from benchmarks._common import (
 )
 from benchmarks._models import CLIP_B16, TINY, ConfigLlava, Shape, batch, build, perturb_trainable
 from lit_hyperet.hyperet import HyperETConfig
-from lit_hyperet.model.export import merge_adapters
+from lit_hyperet.models.llava.merge import merge_adapters
 
 NAME = "merged_inference"
 QUICK_SHAPE = replace(CLIP_B16, vision_layers=4, batch=1, text_tokens=32)

@@ -32,8 +32,8 @@ if __name__ == "__main__":  # run as a script: re-enter as ``benchmarks.strategy
     raise SystemExit(main())
 
 from benchmarks._common import fmt, machine, script_main, table
-from lit_hyperet.data.demo import make_demo_data
-from lit_hyperet.model.tiny import make_tiny_model
+from lit_hyperet.models.llava.tiny import make_tiny_model
+from lit_hyperet.tasks.scienceqa.demo import make_demo_data
 
 NAME = "strategy_step"
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,11 +10,17 @@ import sys
 # an exit code. Modules are imported lazily so ``--help`` and light tools start fast.
 TOOLS: dict[str, tuple[str, str]] = {
     "make-tiny-model": (
-        "lit_hyperet.model.tiny:main",
+        "lit_hyperet.models.llava.tiny:main",
         "write a random-initialised tiny LLaVA with tokenizer/processor",
     ),
-    "make-demo-data": ("lit_hyperet.data.demo:main", "write a synthetic dataset in the ScienceQA raw layout"),
-    "scienceqa-score": ("lit_hyperet.scoring:main", "score predictions with the official ScienceQA categories"),
+    "make-demo-data": (
+        "lit_hyperet.tasks.scienceqa.demo:main",
+        "write a synthetic dataset in the ScienceQA raw layout",
+    ),
+    "scienceqa-score": (
+        "lit_hyperet.tasks.scienceqa.scoring:main",
+        "score predictions with the official ScienceQA categories",
+    ),
     "export": ("lit_hyperet.export:main", "merge HyperET and LoRA into a plain HF LLaVA dir"),
     "sweep": ("lit_hyperet.sweep:main", "run a grid of trials as CLI subprocesses under an MLflow parent run"),
     "radius": ("lit_hyperet.radius:main", "hyperbolic radius analysis of visual tokens"),

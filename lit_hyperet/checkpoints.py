@@ -4,7 +4,7 @@ from stored hyper-parameters without running anything the checkpoint names.
 Lightning's ``load_from_checkpoint`` builds the module either with the ``_instantiator`` LightningCLI stores (which
 hands every stored ``class_path`` to jsonargparse, importing whatever module it names) or by calling the class with
 the stored hyper-parameters; :func:`module_from_checkpoint` does the latter only, after checking the stored entries,
-and every ``class_path`` inside is resolved against :data:`lit_hyperet.specs.ALLOWED_MODULES`.
+and every ``class_path`` inside is resolved against :data:`lit_hyperet.class_paths.ALLOWED_MODULES`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lit_hyperet.specs import SpecError, class_path, import_class, is_plain
+from lit_hyperet.class_paths import SpecError, class_path, import_class, is_plain
 
 T = TypeVar("T")
 #: Entries LightningCLI adds to the hyper-parameters of the modules it builds.
@@ -100,8 +100,9 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _canonical(key: str, value: Any) -> Any:
-    """Class paths by the class they name (``lit_hyperet.model.TinyLlava`` = ``lit_hyperet.model.sources.TinyLlava``),
-    resolved only inside the allowed packages; anything else as it is."""
+    """Class paths by the class they name (``lit_hyperet.models.llava.TinyLlava`` =
+    ``lit_hyperet.models.llava.sources.TinyLlava``), resolved only inside the allowed packages; anything else as it
+    is."""
     if key.rsplit(".", 1)[-1] in ("class_path", "_class_path") and isinstance(value, str):
         try:
             return class_path(import_class(value))

@@ -15,9 +15,9 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from lit_hyperet.callbacks import PredictionWriter
 from lit_hyperet.checkpoints import CheckpointError, compare_hparams, read_checkpoint, stored_hparams
+from lit_hyperet.class_paths import import_class
 from lit_hyperet.lit_module import HyperETLitModule
 from lit_hyperet.mlflow_store import prepare_tracking_store, tracking_uri
-from lit_hyperet.specs import import_class
 
 DEFAULT_EXPERIMENT = "lit_hyperet"
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from lit_hyperet.lit_module import HyperETLitModule
-from lit_hyperet.model import merge_and_save
+from lit_hyperet.models.llava import merge_and_save
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:

@@ -12,8 +12,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lit_hyperet.checkpoints import CheckpointError, module_from_checkpoint
+from lit_hyperet.class_paths import callable_from_spec, instantiate, is_spec, to_spec
 from lit_hyperet.hyperet import HyperETConfig, adapted_module_names, hyperet_report, summarize_report
-from lit_hyperet.model import LoraSettings, ModelSource, build_llava, count_parameters, trainable_groups
+from lit_hyperet.models.llava import LoraSettings, build_llava, count_parameters, trainable_groups
+from lit_hyperet.models.loading import ModelSource
 from lit_hyperet.non_finite import (
     NON_FINITE_POLICIES,
     NonFiniteLossError,
@@ -23,7 +25,6 @@ from lit_hyperet.non_finite import (
 )
 from lit_hyperet.schedule import WarmupCosineLR
 from lit_hyperet.sharding import gathered, shard_model
-from lit_hyperet.specs import callable_from_spec, instantiate, is_spec, to_spec
 
 log = logging.getLogger(__name__)
 SKIPPED_STEPS_KEY = "non_finite_skipped_steps"

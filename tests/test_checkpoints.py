@@ -14,9 +14,9 @@ from helpers import demo_cli
 
 from lit_hyperet.__main__ import main
 from lit_hyperet.checkpoints import CheckpointError
+from lit_hyperet.class_paths import SpecError
 from lit_hyperet.cli import cli_main
 from lit_hyperet.lit_module import HyperETLitModule
-from lit_hyperet.specs import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "demo.yaml")
@@ -102,7 +102,7 @@ def test_stored_optimizer_or_scheduler_spec_naming_a_command_never_runs(
 
 
 def test_stored_spec_naming_a_function_of_this_package_is_refused(trained: Path, tmp_path: Path) -> None:
-    spec = {"class_path": "lit_hyperet.model.tiny.make_tiny_model", "init_args": {"out": str(tmp_path / "x")}}
+    spec = {"class_path": "lit_hyperet.models.llava.tiny.make_tiny_model", "init_args": {"out": str(tmp_path / "x")}}
     with pytest.raises(CheckpointError, match="is not a class"):
         HyperETLitModule.load_from_checkpoint(crafted(trained, tmp_path, "model", spec))
     assert not (tmp_path / "x").exists()

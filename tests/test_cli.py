@@ -101,7 +101,7 @@ def test_validation_accuracy_equals_the_offline_scorer_on_predictions(
 
     import mlflow
 
-    from lit_hyperet.scoring import main as score_main
+    from lit_hyperet.tasks.scienceqa.scoring import main as score_main
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -10,9 +10,10 @@ import pytest
 from helpers.scienceqa_files import raw_problem, sample_problems, sample_splits, write_parquet, write_raw
 from transformers import AutoProcessor
 
-from lit_hyperet.data import LlavaInstructDataModule, ScienceQADataModule, read_llava_json
+from lit_hyperet.data import LlavaInstructDataModule, ScienceQADataModule
 from lit_hyperet.data.errors import DataError, read_jsonl
-from lit_hyperet.data.scienceqa import load_scienceqa, read_problems
+from lit_hyperet.tasks.instruct.llava_json import read_llava_json
+from lit_hyperet.tasks.scienceqa.problems import load_scienceqa, read_problems
 
 
 def raises(match: str):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lit_hyperet.data.demo import (
+from lit_hyperet.tasks.scienceqa.demo import (
     COLOURS,
     MIN_PROBLEMS,
     POSITIONS,
@@ -19,8 +19,8 @@ from lit_hyperet.data.demo import (
     main,
     make_demo_data as make,
 )
-from lit_hyperet.data.scienceqa import load_scienceqa
-from lit_hyperet.scienceqa_rules import CATEGORIES, score_groups
+from lit_hyperet.tasks.scienceqa.problems import load_scienceqa
+from lit_hyperet.tasks.scienceqa.rules import CATEGORIES, score_groups
 
 FIELDS = ["question", "choices", "answer", "hint", "image", "task", "grade", "subject", "topic", "category", "skill",
           "lecture", "solution", "split"]  # fmt: skip

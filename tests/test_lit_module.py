@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from lit_hyperet.checkpoints import CheckpointError
 from lit_hyperet.hyperet import HyperETConfig
 from lit_hyperet.lit_module import HyperETLitModule
-from lit_hyperet.model import LoraSettings, TinyLlava
+from lit_hyperet.models.llava import LoraSettings, TinyLlava
 
 
 def make_module(model_dir: Path, **kwargs) -> HyperETLitModule:
@@ -95,7 +95,7 @@ def test_checkpoint_holds_only_trainable_tensors_and_loads_weights_only(trained,
     model_bytes = (tiny_model_dir / "model.safetensors").stat().st_size
     assert ckpt_path.stat().st_size < model_bytes / 3
     hp = checkpoint["hyper_parameters"]
-    assert hp["model"]["class_path"] == "lit_hyperet.model.sources.TinyLlava"
+    assert hp["model"]["class_path"] == "lit_hyperet.models.llava.sources.TinyLlava"
     assert hp["hyperet"]["variant"] == "block_diagonal"
 
 

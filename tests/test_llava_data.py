@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor
 
-from lit_hyperet.data import LlavaInstructDataModule, read_llava_json
+from lit_hyperet.data import LlavaInstructDataModule
 from lit_hyperet.data.conversation import IGNORE_INDEX
 from lit_hyperet.data.errors import DataError
+from lit_hyperet.tasks.instruct.llava_json import read_llava_json
 
 INSTRUCT = [
     {  # LLaVA-Instruct / 665k style: sub-folder path, <image> after the text, multi-turn

@@ -11,7 +11,9 @@ import torch
 import torch.multiprocessing as mp
 from helpers.metric_ddp import score_rank
 
-from lit_hyperet.metrics import CATEGORIES, TOPICS, ExactMatch, ScienceQAAccuracy, extract_answer, score_groups
+from lit_hyperet.metrics import ExactMatch
+from lit_hyperet.tasks.scienceqa.metric import ScienceQAAccuracy
+from lit_hyperet.tasks.scienceqa.rules import CATEGORIES, TOPICS, extract_answer, score_groups
 
 
 def meta(answer: int, num_choices: int, subject: str, grade: int, topic: str, text: bool, image: bool, **extra):

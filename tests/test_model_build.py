@@ -22,7 +22,7 @@ from transformers import (
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from lit_hyperet.hyperet import HyperETConfig
-from lit_hyperet.model import (
+from lit_hyperet.models.llava import (
     LlavaFromParts,
     LoraSettings,
     PretrainedLlava,
@@ -32,7 +32,7 @@ from lit_hyperet.model import (
     merge_and_save,
     trainable_groups,
 )
-from lit_hyperet.model.tiny_tokenizer import build_tiny_tokenizer
+from lit_hyperet.models.tiny_tokenizer import build_tiny_tokenizer
 
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
 

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from lit_hyperet.data.prompts import INPUT_FORMATS, OUTPUT_FORMATS, PROMPT_FORMATS, parse_format, render_prompt
-from lit_hyperet.data.scienceqa import ScienceQAProblem
+from lit_hyperet.tasks.scienceqa.problems import ScienceQAProblem
+from lit_hyperet.tasks.scienceqa.prompts import (
+    INPUT_FORMATS,
+    OUTPUT_FORMATS,
+    PROMPT_FORMATS,
+    parse_format,
+    render_prompt,
+)
 
 
 def make_problem(**overrides) -> ScienceQAProblem:

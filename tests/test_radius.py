@@ -19,7 +19,7 @@ from PIL import Image
 
 from lit_hyperet import geometry
 from lit_hyperet.hyperet import HyperETConfig
-from lit_hyperet.model import PretrainedLlava, build_llava
+from lit_hyperet.models.llava import PretrainedLlava, build_llava
 from lit_hyperet.radius.collect import collect, take_first
 from lit_hyperet.radius.command import main as radius_main
 from lit_hyperet.radius.compute import token_quantities
@@ -28,7 +28,7 @@ from lit_hyperet.radius.plots import plot_radius
 from lit_hyperet.radius.records import ImageRecord, RunResult, categories
 from lit_hyperet.radius.reliability import reliability_rows, to_markdown
 from lit_hyperet.radius.runs import build, parse_run
-from lit_hyperet.scienceqa_rules import grade_band
+from lit_hyperet.tasks.scienceqa.rules import grade_band
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +56,10 @@ def _config(tmp: Path, model_dir: Path, data_dir: Path, name: str = "cfg.yaml", 
         "model": {
             "class_path": "lit_hyperet.HyperETLitModule",
             "init_args": {
-                "model": {"class_path": "lit_hyperet.model.PretrainedLlava", "init_args": {"path": str(model_dir)}},
+                "model": {
+                    "class_path": "lit_hyperet.models.llava.PretrainedLlava",
+                    "init_args": {"path": str(model_dir)},
+                },
                 "hyperet": {"variant": "diagonal"} if hyperet else None,
                 "lora": None,
             },

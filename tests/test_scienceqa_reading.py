@@ -10,7 +10,7 @@ import pytest
 from helpers.scienceqa_files import FIELDS, IMAGE_COLOURS, sample_problems, sample_splits, write_parquet, write_raw
 
 from lit_hyperet.data.errors import DataError
-from lit_hyperet.data.scienceqa import ALL_SPLITS, load_scienceqa, read_problems
+from lit_hyperet.tasks.scienceqa.problems import ALL_SPLITS, load_scienceqa, read_problems
 
 CAPTIONS = {"1": "a red square", "4": "a green square", "5": "a blue square"}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_hyperet.scoring import main
+from lit_hyperet.tasks.scienceqa.scoring import main
 
 KEYS = ["NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12", "Avg", "count"]
 
@@ -187,8 +187,10 @@ def test_command_line_through_the_dispatcher(files: Path) -> None:
     ok = subprocess.run([*command, "--predictions", str(files / "answers.jsonl")], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "IMG" in ok.stdout and "66.67  2/3" in ok.stdout
-    code = "import sys, lit_hyperet.scoring; print(sorted(m for m in sys.modules if m.split('.')[0] in " \
-           "('torch', 'transformers', 'lightning', 'torchmetrics')))"  # fmt: skip
+    code = (
+        "import sys, lit_hyperet.tasks.scienceqa.scoring; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'transformers', 'lightning', 'torchmetrics')))"
+    )
     light = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert light.stdout.strip() == "[]", light.stderr  # fast startup: no torch, transformers or Lightning
     (files / "bad.json").write_text('{"results": {"1": 0, "2": 7}}')

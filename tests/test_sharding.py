@@ -17,7 +17,7 @@ from torch.distributed.tensor import DTensor
 
 from lit_hyperet.checkpoints import CheckpointError
 from lit_hyperet.hyperet import hyperet_report
-from lit_hyperet.model import count_parameters
+from lit_hyperet.models.llava import count_parameters
 from lit_hyperet.sharding import (
     DEFAULT_LAYER_PATTERN,
     is_layer,

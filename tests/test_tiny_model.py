@@ -12,7 +12,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaProc
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from lit_hyperet.__main__ import main as cli_main
-from lit_hyperet.model.chat_template import VICUNA_V1_SYSTEM
+from lit_hyperet.chat_templates import VICUNA_V1_SYSTEM
 
 PIL_PROCESSORS = {
     "clip": "CLIPImageProcessorPil",

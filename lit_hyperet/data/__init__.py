@@ -1,8 +1,9 @@
-"""Data: ScienceQA (raw and parquet), LLaVA instruction JSON, prompt formats, chat templating and label masks,
-collate, and the synthetic demo dataset. Imports neither ``lit_hyperet.model`` nor ``lit_hyperet.hyperet``.
+"""Data plumbing shared by every task: conversations to tokens with label masks, chat templates, image references,
+the encoded-token store, datasets, collate, resumable loaders and data errors. Never imports a model family or a task.
 
-Public: ``ScienceQADataModule``, ``LlavaInstructDataModule`` (YAML ``class_path`` names), ``make_demo_data``.
-Exports are loaded lazily so ``python -m lit_hyperet make-demo-data`` does not import Lightning.
+Public: ``ScienceQADataModule`` and ``LlavaInstructDataModule``, the ``class_path`` names of the YAML configs, live in
+:mod:`lit_hyperet.tasks` and are reachable here under those documented names. Exports are loaded lazily, so importing
+this package does not import Lightning.
 """
 
 from __future__ import annotations
@@ -10,19 +11,14 @@ from __future__ import annotations
 from importlib import import_module
 
 _EXPORTS = {
-    "ScienceQADataModule": "lit_hyperet.data.scienceqa_datamodule",
-    "LlavaInstructDataModule": "lit_hyperet.data.llava_datamodule",
+    "ScienceQADataModule": "lit_hyperet.tasks.scienceqa.datamodule",
+    "LlavaInstructDataModule": "lit_hyperet.tasks.instruct.datamodule",
     "ConversationDataModule": "lit_hyperet.data.base",
-    "ScienceQAProblem": "lit_hyperet.data.scienceqa",
-    "load_scienceqa": "lit_hyperet.data.scienceqa",
-    "render_prompt": "lit_hyperet.data.prompts",
     "Conversation": "lit_hyperet.data.conversation",
     "ConversationEncoder": "lit_hyperet.data.conversation",
     "ConversationDataset": "lit_hyperet.data.dataset",
     "Collator": "lit_hyperet.data.collate",
     "DataError": "lit_hyperet.data.errors",
-    "read_llava_json": "lit_hyperet.data.llava",
-    "make_demo_data": "lit_hyperet.data.demo",
 }
 
 __all__ = list(_EXPORTS)

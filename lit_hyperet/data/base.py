@@ -28,6 +28,8 @@ class ConversationDataModule(L.LightningDataModule):
     eval_max_new_tokens: int | None = None
     #: Protocol of the generation batches: ``"generate"`` or ``"answer_prefix"``.
     eval_protocol: str = "generate"
+    #: Text the reference answers start with, ending the prompts of the ``"answer_prefix"`` protocol.
+    answer_prefix: str = ""
 
     def __init__(
         self,
@@ -84,7 +86,9 @@ class ConversationDataModule(L.LightningDataModule):
                 "set_processor(AutoProcessor.from_pretrained(model_dir)) first"
             )
         roles = ROLES if stage is None else STAGE_ROLES.get(stage, ())
-        encoder = ConversationEncoder(self.processor, template=self.template, system_prompt=self.system_prompt)
+        encoder = ConversationEncoder(
+            self.processor, template=self.template, system_prompt=self.system_prompt, answer_prefix=self.answer_prefix
+        )
         for role in roles:
             if role in self.datasets:
                 continue

@@ -29,7 +29,6 @@ from PIL import Image
 
 from lit_hyperet.data.errors import DataError, where
 from lit_hyperet.data.images import ImageRef
-from lit_hyperet.data.prompts import ANSWER_PREFIX
 from lit_hyperet.data.templates import ChatRenderer
 
 IGNORE_INDEX = -100
@@ -90,7 +89,7 @@ class ConversationEncoder:
         processor: Any,
         template: str = "auto",
         system_prompt: str | None = None,
-        answer_prefix: str = ANSWER_PREFIX,
+        answer_prefix: str = "",
     ) -> None:
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)

@@ -55,8 +55,10 @@ def take_first(batch: dict[str, Any], n: int) -> dict[str, Any]:
 
 def is_correct(text: str, meta: dict[str, Any]) -> bool | None:
     """Whether a generated text answers the sample: ScienceQA choice extraction when meta has ``answer`` and
-    ``num_choices`` (:func:`lit_hyperet.metrics.extract_answer`), exact match against ``reference`` otherwise."""
-    from lit_hyperet.metrics import extract_answer, normalize_text
+    ``num_choices`` (:func:`lit_hyperet.tasks.scienceqa.rules.extract_answer`), exact match against ``reference``
+    otherwise."""
+    from lit_hyperet.metrics import normalize_text
+    from lit_hyperet.tasks.scienceqa.rules import extract_answer
 
     if "answer" in meta and "num_choices" in meta:
         index = extract_answer(text, int(meta["num_choices"]), meta.get("answer_prefix", ""))

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from lit_hyperet.model.towers import prefix_tokens
+from lit_hyperet.encoders import prefix_tokens
 from lit_hyperet.radius.collect import collect
 from lit_hyperet.radius.compute import FORMULAS, NORMALISATION, QUANTITIES
 from lit_hyperet.radius.features import TokenSelection, resolved_layer, unwrap_llava

@@ -1,6 +1,6 @@
 """Visual token features of a LLaVA model: a vision-tower hidden layer (patch tokens, CLS optional) and the projector.
 
-Which leading tokens are not patches comes from the tower type (:func:`lit_hyperet.model.towers.prefix_tokens`: CLIP
+Which leading tokens are not patches comes from the tower type (:func:`lit_hyperet.encoders.prefix_tokens`: CLIP
 and DINOv2 have one CLS, SigLIP none, DINOv2-with-registers a CLS plus registers); for an unknown tower it is the
 sequence length minus ``(image_size // patch_size)²``. The projector output is computed exactly as LLaVA feeds the
 LLM: the config's ``vision_feature_layer`` and ``vision_feature_select_strategy``, then ``multi_modal_projector``.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lit_hyperet.model.towers import prefix_tokens
+from lit_hyperet.encoders import prefix_tokens
 
 SOURCES: tuple[str, ...] = ("vision", "projector")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from lit_hyperet.scienceqa_rules import grade_band
+from lit_hyperet.tasks.scienceqa.rules import grade_band
 
 #: Per-sample meta fields copied into the records (when the datamodule's meta has them), in CSV column order.
 CATEGORY_FIELDS: tuple[str, ...] = (

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lit_hyperet.hyperet_config import DEFAULT_BLOCK_SIZE
-from lit_hyperet.scienceqa_rules import CATEGORIES
 from lit_hyperet.sweep.spec import Sweep, Trial, config_tags
+from lit_hyperet.tasks.scienceqa.rules import CATEGORIES
 
 if TYPE_CHECKING:
     from mlflow.entities import Run

@@ -16,7 +16,7 @@ def score_rank(rank: int, world_size: int, out_dir: str, shards: list[tuple[list
     timeout = datetime.timedelta(seconds=60)  # fail instead of hanging if the other rank died
     dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world_size, timeout=timeout)
     try:
-        from lit_hyperet.metrics import ScienceQAAccuracy
+        from lit_hyperet.tasks.scienceqa.metric import ScienceQAAccuracy
 
         metric = ScienceQAAccuracy()
         texts, meta = shards[rank]

@@ -8,15 +8,15 @@ from typing import Any, Literal
 
 from lit_hyperet.data.base import ConversationDataModule
 from lit_hyperet.data.conversation import Conversation
-from lit_hyperet.data.prompts import (
+from lit_hyperet.tasks.scienceqa.metric import ScienceQAAccuracy
+from lit_hyperet.tasks.scienceqa.problems import ScienceQAProblem, load_scienceqa
+from lit_hyperet.tasks.scienceqa.prompts import (
     ANSWER_FIRST_OUTPUTS,
     ANSWER_PREFIX,
     SINGLE_PRED_PROMPT,
     parse_format,
     render_prompt,
 )
-from lit_hyperet.data.scienceqa import ScienceQAProblem, load_scienceqa
-from lit_hyperet.metrics import ScienceQAAccuracy
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ class ScienceQADataModule(ConversationDataModule):
         data_dir: raw layout (problems.json, pid_splits.json, images/) or parquet layout (``data/*.parquet``).
         layout: ``"raw"`` or ``"parquet"``.
         train_split / val_split / test_split / predict_split: pid_splits names (``None`` = no such stage).
-        prompt_format: ``"<IN>-<OUT>"`` (see :mod:`lit_hyperet.data.prompts`); ``reference_quirks`` reproduces the
-            reference code's swapped AL/AE.
+        prompt_format: ``"<IN>-<OUT>"`` (see :mod:`lit_hyperet.tasks.scienceqa.prompts`); ``reference_quirks``
+            reproduces the reference code's swapped AL/AE.
         use_caption: append captions.json captions to the context (text-only baselines).
         single_pred_prompt: append LLaVA-1.5's "Answer with the option's letter …" line to the question.
         eval_protocol: ``"answer_prefix"`` (prompt ends with ``ASSISTANT: The answer is``, one new token is read as
@@ -69,6 +69,8 @@ class ScienceQADataModule(ConversationDataModule):
         make_demo_if_missing: create the synthetic demo dataset in ``data_dir`` when it has no problems.json.
         splits_path / captions_path: explicit pid_splits.json / captions.json (default: found next to the data).
     """
+
+    answer_prefix = ANSWER_PREFIX
 
     def __init__(
         self,
@@ -139,7 +141,7 @@ class ScienceQADataModule(ConversationDataModule):
     def prepare_data(self) -> None:
         """With ``make_demo_if_missing``, write the demo dataset to ``data_dir`` when it has no problems.json."""
         if self.make_demo_if_missing and self.layout == "raw" and not (self.data_dir / "problems.json").exists():
-            from lit_hyperet.data.demo import make_demo_data
+            from lit_hyperet.tasks.scienceqa.demo import make_demo_data
 
             log.warning("%s has no problems.json: writing the synthetic demo dataset there", self.data_dir)
             make_demo_data(self.data_dir, num_problems=self.demo_num_problems, seed=self.demo_seed)
@@ -171,5 +173,5 @@ class ScienceQADataModule(ConversationDataModule):
         ]
 
     def build_metric(self) -> ScienceQAAccuracy:
-        """A fresh :class:`~lit_hyperet.metrics.ScienceQAAccuracy`."""
+        """A fresh :class:`~lit_hyperet.tasks.scienceqa.metric.ScienceQAAccuracy`."""
         return ScienceQAAccuracy()

@@ -1,7 +1,7 @@
 """The official ScienceQA score categories and answer extraction, in plain Python (no torch).
 
-Shared by :class:`lit_hyperet.metrics.ScienceQAAccuracy` and the ``scienceqa-score`` command, so both parse and group
-exactly alike; kept free of torch/torchmetrics (which imports transformers) so the scorer starts fast.
+Shared by :class:`lit_hyperet.tasks.scienceqa.metric.ScienceQAAccuracy` and the ``scienceqa-score`` command, so both
+parse and group exactly alike; kept free of torch/torchmetrics (which imports transformers) so the scorer starts fast.
 
 Categories per problem (flags overlap exactly as in ScienceQA's ``tools/evaluate_acc.py``): NAT/SOC/LAN by
 ``subject``; TXT = non-empty hint (with or without image); IMG = has an image; NO = neither hint nor image; G1-6 /

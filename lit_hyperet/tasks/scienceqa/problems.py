@@ -21,7 +21,7 @@ from typing import Any
 
 from lit_hyperet.data.errors import DataError, read_json, where
 from lit_hyperet.data.images import ImageRef
-from lit_hyperet.scienceqa_rules import OPTION_LETTERS
+from lit_hyperet.tasks.scienceqa.rules import OPTION_LETTERS
 
 BASE_SPLITS = ("train", "val", "test")
 ALL_SPLITS = ("train", "val", "test", "trainval", "minitrain", "minival", "minitest")

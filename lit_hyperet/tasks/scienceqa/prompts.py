@@ -19,7 +19,7 @@ numbers published for ``*-AL`` / ``*-AE`` runs of the official code. The two set
 
 from __future__ import annotations
 
-from lit_hyperet.data.scienceqa import OPTION_LETTERS, ScienceQAProblem
+from lit_hyperet.tasks.scienceqa.problems import OPTION_LETTERS, ScienceQAProblem
 
 INPUT_FORMATS = ("CQM", "QCM", "QCML", "QCME", "QCMLE", "QCLM", "QCEM", "QCLEM")
 OUTPUT_FORMATS = ("A", "AL", "AE", "ALE", "AEL", "LA", "EA", "LEA", "ELA")

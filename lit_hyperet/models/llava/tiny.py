@@ -26,9 +26,9 @@ from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPi
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-from lit_hyperet.model.chat_template import vicuna_v1_chat_template
-from lit_hyperet.model.tiny_tokenizer import IMAGE, build_tiny_tokenizer
-from lit_hyperet.model.towers import prefix_tokens
+from lit_hyperet.chat_templates import vicuna_v1_chat_template
+from lit_hyperet.encoders import prefix_tokens
+from lit_hyperet.models.tiny_tokenizer import IMAGE, build_tiny_tokenizer
 
 Vision = Literal["clip", "siglip", "dinov2"]
 VISIONS: tuple[str, ...] = ("clip", "siglip", "dinov2")

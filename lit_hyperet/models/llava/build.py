@@ -12,7 +12,7 @@ from torch import nn
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from lit_hyperet.hyperet import HyperETConfig, apply_hyperet, hyperet_parameters
-from lit_hyperet.model.sources import ModelSource
+from lit_hyperet.models.loading import ModelSource
 
 GROUPS = ("hyperet", "projector", "lora")
 NamedParams = list[tuple[str, nn.Parameter]]

@@ -1,4 +1,4 @@
-"""Building ``transformers.LlavaForConditionalGeneration`` models: sources, freezing, HyperET, LoRA, export.
+"""Building ``transformers.LlavaForConditionalGeneration`` models: sources, freezing, HyperET, LoRA, merging.
 
 Names are imported lazily, so ``make-tiny-model`` does not pull in peft and the HyperET code.
 """
@@ -9,19 +9,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lit_hyperet.model.build import LoraSettings, build_llava, count_parameters, trainable_groups
-    from lit_hyperet.model.export import merge_and_save
-    from lit_hyperet.model.sources import LlavaFromParts, ModelSource, PretrainedLlava, TinyLlava
-    from lit_hyperet.model.tiny import make_tiny_model
+    from lit_hyperet.models.llava.build import LoraSettings, build_llava, count_parameters, trainable_groups
+    from lit_hyperet.models.llava.merge import merge_and_save
+    from lit_hyperet.models.llava.sources import LlavaFromParts, PretrainedLlava, TinyLlava
+    from lit_hyperet.models.llava.tiny import make_tiny_model
 
 _WHERE = {
     "LoraSettings": "build",
     "build_llava": "build",
     "count_parameters": "build",
     "trainable_groups": "build",
-    "merge_and_save": "export",
+    "merge_and_save": "merge",
     "LlavaFromParts": "sources",
-    "ModelSource": "sources",
     "PretrainedLlava": "sources",
     "TinyLlava": "sources",
     "make_tiny_model": "tiny",
@@ -29,7 +28,6 @@ _WHERE = {
 __all__ = [
     "LlavaFromParts",
     "LoraSettings",
-    "ModelSource",
     "PretrainedLlava",
     "TinyLlava",
     "build_llava",
@@ -42,5 +40,5 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
-        raise AttributeError(f"module 'lit_hyperet.model' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"lit_hyperet.model.{_WHERE[name]}"), name)
+        raise AttributeError(f"module 'lit_hyperet.models.llava' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"lit_hyperet.models.llava.{_WHERE[name]}"), name)

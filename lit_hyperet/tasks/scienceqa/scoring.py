@@ -10,12 +10,12 @@ FILE is one of
 * ``{pid: generated text}`` (what :class:`lit_hyperet.callbacks.PredictionWriter` writes),
 * LLaVA's answer file, JSON lines of ``{"question_id": pid, "text": generated text, ...}``.
 
-Texts are parsed exactly as :class:`lit_hyperet.metrics.ScienceQAAccuracy` does (:func:`extract_answer`; a letter
-beyond the choices or no parse is wrong, never a random guess); pass ``--answer-prefix "The answer is"`` for texts
-generated with the answer-prefix protocol, as the metric does. The split's pids come from ``--splits`` when given,
-else from each problem's ``split`` field; ``count`` is the number of problems in the split. Pids of the split
-without a prediction count as wrong (and are reported on stderr); predictions for other pids are ignored. Images are
-never opened. Torch-free, so it starts fast.
+Texts are parsed exactly as :class:`lit_hyperet.tasks.scienceqa.metric.ScienceQAAccuracy` does (:func:`extract_answer`;
+a letter beyond the choices or no parse is wrong, never a random guess); pass ``--answer-prefix "The answer is"`` for
+texts generated with the answer-prefix protocol, as the metric does. The split's pids come from ``--splits`` when given,
+else from each problem's ``split`` field; ``count`` is the number of problems in the split. Pids of the split without a
+prediction count as wrong (and are reported on stderr); predictions for other pids are ignored. Images are never opened.
+Torch-free, so it starts fast.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from lit_hyperet.data.errors import DataError, read_json, read_jsonl, where
-from lit_hyperet.data.scienceqa import ScienceQAProblem, read_pid_splits, read_problems, split_pids
-from lit_hyperet.scienceqa_rules import CATEGORIES, GROUPS, extract_answer, score_groups
+from lit_hyperet.tasks.scienceqa.problems import ScienceQAProblem, read_pid_splits, read_problems, split_pids
+from lit_hyperet.tasks.scienceqa.rules import CATEGORIES, GROUPS, extract_answer, score_groups
 
 PROG = "python -m lit_hyperet scienceqa-score"
 #: Missing pids listed on stderr.

@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from transformers import (
@@ -25,59 +24,19 @@ from transformers import (
     LlavaForConditionalGeneration,
     LlavaProcessor,
     PreTrainedConfig,
-    PreTrainedModel,
     PreTrainedTokenizerBase,
     ProcessorMixin,
 )
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-from lit_hyperet.model.chat_template import vicuna_v1_chat_template
-from lit_hyperet.model.tiny import Vision, make_tiny_model
-from lit_hyperet.model.towers import check_select_strategy, prefix_tokens
+from lit_hyperet.chat_templates import vicuna_v1_chat_template
+from lit_hyperet.encoders import check_select_strategy, prefix_tokens
+from lit_hyperet.models.llava.tiny import Vision, make_tiny_model
+from lit_hyperet.models.loading import ModelSource, load_complete, require_config, torch_dtype
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: Full two-tower models whose vision half can serve as a LLaVA vision tower.
 _DUAL_ENCODERS = ("clip", "siglip")
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    """``"float32" | "bfloat16" | "float16"`` -> the torch dtype."""
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
-def _require_config(path: str | Path, what: str) -> Path:
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{what} {str(path)!r} has no config.json (expected a local Hugging Face model dir)")
-    return path
-
-
-def _load_complete(cls: Any, path: str | Path, what: str, **kwargs: Any) -> PreTrainedModel:
-    """``cls.from_pretrained(path)``, refusing checkpoints that leave weights missing or with mismatched shapes."""
-    model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
-    bad = sorted(info["missing_keys"]) + sorted(str(k[0]) for k in info["mismatched_keys"])
-    if bad:
-        raise ValueError(f"{what} {str(path)!r} lacks or mismatches {len(bad)} weights of {cls.__name__}: {bad[:10]}")
-    return model
-
-
-class ModelSource(ABC):
-    """Base of the model sources: loads a plain LLaVA model and its processor."""
-
-    @abstractmethod
-    def load_processor(self) -> ProcessorMixin:
-        """The ``LlavaProcessor`` (image processor + tokenizer + chat template) matching :meth:`load_model`."""
-
-    @abstractmethod
-    def load_model(self) -> LlavaForConditionalGeneration:
-        """A plain ``LlavaForConditionalGeneration``; every parameter keeps ``requires_grad=True``."""
-
-    @abstractmethod
-    def describe(self) -> dict[str, str]:
-        """Plain strings describing the source (for hyper-parameter logging)."""
 
 
 class PretrainedLlava(ModelSource):
@@ -109,7 +68,7 @@ class PretrainedLlava(ModelSource):
 
     def load_config(self) -> LlavaConfig:
         """The dir's ``LlavaConfig`` with the overrides applied."""
-        path = _require_config(self.path, "LLaVA model dir")
+        path = require_config(self.path, "LLaVA model dir")
         config = AutoConfig.from_pretrained(path)
         if not isinstance(config, LlavaConfig):
             raise ValueError(f"{str(path)!r} holds a {config.model_type!r} model, expected 'llava'")
@@ -129,7 +88,7 @@ class PretrainedLlava(ModelSource):
         )
 
     def load_processor(self) -> ProcessorMixin:
-        processor = AutoProcessor.from_pretrained(_require_config(self.path, "LLaVA model dir"))
+        processor = AutoProcessor.from_pretrained(require_config(self.path, "LLaVA model dir"))
         if self.vision_feature_select_strategy is not None:
             processor.vision_feature_select_strategy = self.load_config().vision_feature_select_strategy
         return processor
@@ -194,7 +153,7 @@ class LlavaFromParts(ModelSource):
 
     def vision_config(self) -> PreTrainedConfig:
         """The vision tower's config (the vision half of a full CLIP/SigLIP config)."""
-        config = AutoConfig.from_pretrained(_require_config(self.vision_path, "vision tower dir"))
+        config = AutoConfig.from_pretrained(require_config(self.vision_path, "vision tower dir"))
         if config.model_type in _DUAL_ENCODERS:
             config = config.vision_config
         check_select_strategy(config, self.vision_feature_select_strategy)
@@ -202,7 +161,7 @@ class LlavaFromParts(ModelSource):
 
     def load_tokenizer(self) -> PreTrainedTokenizerBase:
         """The LLM's tokenizer with the image token (and a pad token) added when missing, and the chat template."""
-        tokenizer = AutoTokenizer.from_pretrained(_require_config(self.llm_path, "LLM dir"))
+        tokenizer = AutoTokenizer.from_pretrained(require_config(self.llm_path, "LLM dir"))
         named = getattr(tokenizer, "image_token", None)
         if named is not None and str(named) != self.image_token:
             raise ValueError(f"the tokenizer in {self.llm_path!r} names {str(named)!r} its image token; pass that")
@@ -239,8 +198,8 @@ class LlavaFromParts(ModelSource):
         dtype = torch_dtype(self.dtype)
         vision_config = self.vision_config()
         vision_cls = MODEL_MAPPING[type(vision_config)]
-        vision = _load_complete(vision_cls, self.vision_path, "vision tower dir", config=vision_config, dtype=dtype)
-        llm = _load_complete(AutoModelForCausalLM, _require_config(self.llm_path, "LLM dir"), "LLM dir", dtype=dtype)
+        vision = load_complete(vision_cls, self.vision_path, "vision tower dir", config=vision_config, dtype=dtype)
+        llm = load_complete(AutoModelForCausalLM, require_config(self.llm_path, "LLM dir"), "LLM dir", dtype=dtype)
         tokenizer = self.load_tokenizer()
         if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
             llm.resize_token_embeddings(len(tokenizer))

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from lit_hyperet.data.base import ConversationDataModule
 from lit_hyperet.data.conversation import Conversation
-from lit_hyperet.data.llava import read_llava_json
 from lit_hyperet.metrics import ExactMatch
+from lit_hyperet.tasks.instruct.llava_json import read_llava_json
 
 
 class LlavaInstructDataModule(ConversationDataModule):

@@ -1,0 +1,2 @@
+"""Model families (``llava`` today) and the plumbing they share: loading local Hugging Face dirs, the source API
+(:mod:`lit_hyperet.models.loading`) and the tiny tokenizer of generated test models. Never imports a task."""

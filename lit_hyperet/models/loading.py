@@ -1,0 +1,51 @@
+"""Shared model plumbing for every model family: dtypes, local Hugging Face dirs, complete loads, the source API."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, ProcessorMixin
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``"float32" | "bfloat16" | "float16"`` -> the torch dtype."""
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def require_config(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} has no config.json (expected a local Hugging Face model dir)")
+    return path
+
+
+def load_complete(cls: Any, path: str | Path, what: str, **kwargs: Any) -> PreTrainedModel:
+    """``cls.from_pretrained(path)``, refusing checkpoints that leave weights missing or with mismatched shapes."""
+    model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+    bad = sorted(info["missing_keys"]) + sorted(str(k[0]) for k in info["mismatched_keys"])
+    if bad:
+        raise ValueError(f"{what} {str(path)!r} lacks or mismatches {len(bad)} weights of {cls.__name__}: {bad[:10]}")
+    return model
+
+
+class ModelSource(ABC):
+    """Base of the model sources (``class_path`` names in YAML): loads a plain model and its processor."""
+
+    @abstractmethod
+    def load_processor(self) -> ProcessorMixin:
+        """The processor (image processor + tokenizer + chat template) matching :meth:`load_model`."""
+
+    @abstractmethod
+    def load_model(self) -> PreTrainedModel:
+        """The plain model; every parameter keeps ``requires_grad=True``."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, str]:
+        """Plain strings describing the source (for hyper-parameter logging)."""
