@@ -30,7 +30,7 @@ BRACKET_TEMPLATE = (
 # renderer -> (ChatRenderer name, end-of-turn text after each reply)
 RENDERERS = {
     "chat_template": ("chat_template", "</s>"),  # the tiny model's own (vicuna_v1 in Jinja)
-    "fallback": ("vicuna_v1", "</s>"),  # no chat template anywhere: the Python vicuna_v1
+    "fallback": ("vicuna_v1", "</s>"),  # no chat template anywhere: the project's vicuna_v1
     "vicuna_v1": ("vicuna_v1", "</s>"),  # asked for explicitly
     "bracket": ("chat_template", "</s>\n"),
 }
@@ -54,7 +54,9 @@ def make_processor(model_dir: Path, renderer: str):
 
 def make_encoder(model_dir: Path, renderer: str) -> ConversationEncoder:
     encoder = ConversationEncoder(
-        make_processor(model_dir, renderer), template="vicuna_v1" if renderer == "vicuna_v1" else "auto"
+        make_processor(model_dir, renderer),
+        template="vicuna_v1" if renderer == "vicuna_v1" else "auto",
+        answer_prefix="The answer is",
     )
     assert encoder.renderer.name == RENDERERS[renderer][0]
     return encoder

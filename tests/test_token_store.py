@@ -37,7 +37,7 @@ def images(tmp_path: Path) -> list[ImageRef]:
 
 @pytest.mark.parametrize("mode", ["train", "generate"])
 def test_dataset_items_equal_a_fresh_encode(tiny_model_dir: Path, images: list[ImageRef], mode: str) -> None:
-    encoder = ConversationEncoder(AutoProcessor.from_pretrained(tiny_model_dir))
+    encoder = ConversationEncoder(AutoProcessor.from_pretrained(tiny_model_dir), answer_prefix="The answer is")
     convs = [
         conversation("a", images[0]),
         conversation("b", None),
@@ -70,7 +70,7 @@ def test_dataset_items_equal_a_fresh_encode(tiny_model_dir: Path, images: list[I
 
 
 def test_store_keeps_one_code_per_text_token_and_one_per_image(tiny_model_dir: Path, images: list[ImageRef]) -> None:
-    encoder = ConversationEncoder(AutoProcessor.from_pretrained(tiny_model_dir))
+    encoder = ConversationEncoder(AutoProcessor.from_pretrained(tiny_model_dir), answer_prefix="The answer is")
     samples = [encoder.encode_text(conversation("a", images[0])), encoder.encode_text(conversation("b", None))]
     store = TokenStore(encoder.processor.image_token_id)
     for sample in samples:
