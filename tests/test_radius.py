@@ -20,14 +20,13 @@ from PIL import Image
 from lit_hyperet import geometry
 from lit_hyperet.hyperet import HyperETConfig
 from lit_hyperet.models.llava import PretrainedLlava, build_llava
-from lit_hyperet.radius.collect import collect, take_first
-from lit_hyperet.radius.command import main as radius_main
-from lit_hyperet.radius.compute import token_quantities
-from lit_hyperet.radius.features import TokenSelection, token_features
+from lit_hyperet.radius import main as radius_main
+from lit_hyperet.radius.analysis import reliability_table
+from lit_hyperet.radius.command import build_parser
+from lit_hyperet.radius.outputs import write_outputs, write_reliability
 from lit_hyperet.radius.plots import plot_radius
-from lit_hyperet.radius.records import ImageRecord, RunResult, categories
-from lit_hyperet.radius.reliability import reliability_rows, to_markdown
-from lit_hyperet.radius.runs import build, parse_run
+from lit_hyperet.radius.runs import ImageRecord, RunResult, RunSpec, build, categories, collect, parse_run, take_first
+from lit_hyperet.radius.tokens import TokenSelection, token_features, token_quantities
 from lit_hyperet.tasks.scienceqa.rules import grade_band
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -202,14 +201,38 @@ def test_plot_is_valid_png(tmp_path: Path) -> None:
     _assert_png(path)
 
 
-def test_reliability_table() -> None:
-    rows = reliability_rows([_fake_result("a", 0.0)], bins=5)
-    binned = [r for r in rows if r["bin"] != "text-only"]
-    assert [r["n"] for r in binned] == [2] * 5
-    assert [r["accuracy"] for r in binned] == [0.0, 0.0, 0.5, 1.0, 1.0]  # the larger-radius half is right
-    assert all(a["hi"] <= b["lo"] for a, b in zip(binned, binned[1:], strict=False))
-    assert rows[-1]["bin"] == "text-only" and rows[-1]["accuracy"] == 0.5
-    assert "| a | vision | rad | 1 |" in to_markdown(rows)
+def test_reliability_table(tmp_path: Path) -> None:
+    table = reliability_table([_fake_result("a", 0.0)], bins=5)
+    binned = table[table["bin"] != "text-only"]
+    assert list(binned["n"]) == [2] * 5
+    assert list(binned["accuracy"]) == [0.0, 0.0, 0.5, 1.0, 1.0]  # the larger-radius half is right
+    assert (binned["hi"].to_numpy()[:-1] <= binned["lo"].to_numpy()[1:]).all()
+    text_only = table.iloc[-1]
+    assert text_only["bin"] == "text-only" and text_only["accuracy"] == 0.5
+    assert list(reliability_table([_fake_result("a", 0.0, n=8)], bins=3)["n"]) == [3, 3, 2, 2]  # equal counts by rank
+    markdown = write_reliability(tmp_path / "reliability.md", table, "note").read_text()
+    assert "| a | vision | rad | 1 |" in markdown and "| a | vision | rad | text-only |  |  | 2 | 1 | 0.5 |" in markdown
+
+
+def test_written_records_carry_the_official_grade_bands(tmp_path: Path) -> None:
+    """The grade bands radius writes (per-image CSV, summary groups, table) are ScienceQA's: grades 1-6 and 7-12."""
+    result = _fake_result("run", 0.0, n=13)
+    for i, record in enumerate(result.records):  # grade1 ... grade12, and one sample without a grade
+        meta = {"subject": "natural science", "grade": f"grade{i + 1}" if i < 12 else "kindergarten"}
+        record.categories = categories(meta)
+    args = build_parser().parse_args(["--config", "c.yaml", "--no-mlflow"])
+    write_outputs([result], tmp_path, args, [RunSpec("run", ["c.yaml"])])
+    with (tmp_path / "radius_images.csv").open() as fh:
+        bands = {r["grade"]: r["grade_band"] for r in csv.DictReader(fh)}
+    assert bands == {
+        **{f"grade{g}": "G1-6" for g in range(1, 7)},
+        **{f"grade{g}": "G7-12" for g in range(7, 13)},
+        "kindergarten": "",
+    }
+    summary = json.loads((tmp_path / "radius_summary.json").read_text())
+    images = {g: e["images"] for g, e in summary["runs"]["run"]["groups"].items() if g.startswith("grade_band=")}
+    assert images == {"grade_band=G1-6": 6, "grade_band=G7-12": 6}
+    assert "| run | vision | grade_band=G1-6 | 6 | 96 |" in (tmp_path / "radius_table.md").read_text()
 
 
 def test_parse_run() -> None:

@@ -1,20 +1,21 @@
 """Hyperbolic radius analysis of visual tokens (``python -m lit_hyperet radius``).
 
 For a visual token ``f`` mapped into the Poincaré ball (curvature ``-c``) as ``x = exp0(f)``, three quantities are
-reported (see :mod:`lit_hyperet.radius.compute`):
+reported (see :mod:`lit_hyperet.radius.tokens`):
 
 * ``rad = Rad(exp0(f)) = (2/√c)·artanh(√c‖exp0(f)‖)`` — the hyperbolic radius; it equals ``2‖f‖`` exactly;
 * ``ball_norm = ‖exp0(f)‖ = tanh(√c‖f‖)/√c`` — what the released HyperET scripts print (saturates at ``1/√c``);
 * ``norm_radius = √c·‖exp0(f)‖ = tanh(√c‖f‖)`` — the 0–1 normalised radius (``ball_norm`` over the ball radius).
 
-Modules: ``compute`` (the quantities), ``features`` (tokens from a LLaVA model), ``collect`` (walking a dataloader),
-``records``/``stats``/``report`` (CSV and JSON), ``reliability`` (accuracy per radius bin), ``plots``, ``runs``
-(configs and checkpoints), ``tracking`` (MLflow), ``outputs`` and ``command`` (the CLI).
+Modules, in the order a run flows through them: ``command`` (argument parsing, orchestration) → ``runs`` (run specs,
+model and data built through the CLI, per-image records collected from the dataloader) using ``tokens`` (which
+visual tokens, and the quantities above) → ``analysis`` (statistics, groups such as the grade band, summary, tables,
+accuracy per radius bin) → ``outputs`` (CSV, markdown, JSON, MLflow) and ``plots`` (PNGs).
 """
 
 from __future__ import annotations
 
-from lit_hyperet.radius.compute import FORMULAS, NORMALISATION, QUANTITIES, token_quantities
+from lit_hyperet.radius.tokens import FORMULAS, NORMALISATION, QUANTITIES, token_quantities
 
 __all__ = ["FORMULAS", "NORMALISATION", "QUANTITIES", "main", "token_quantities"]
 

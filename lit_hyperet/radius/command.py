@@ -1,4 +1,9 @@
-"""``python -m lit_hyperet radius``: hyperbolic radius of visual tokens per image, per category, per run."""
+"""``python -m lit_hyperet radius``: the command line and its flow.
+
+Arguments → run specs (:mod:`~lit_hyperet.radius.runs`) → per run: model and data built through the CLI, its images'
+token radii collected into records (:mod:`~lit_hyperet.radius.runs`, :mod:`~lit_hyperet.radius.tokens`) → the files
+written and logged (:mod:`~lit_hyperet.radius.outputs`, from the tables of :mod:`~lit_hyperet.radius.analysis`).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,23 @@ import argparse
 import gc
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from lit_hyperet.encoders import prefix_tokens
-from lit_hyperet.radius.collect import collect
-from lit_hyperet.radius.compute import FORMULAS, NORMALISATION, QUANTITIES
-from lit_hyperet.radius.features import TokenSelection, resolved_layer, unwrap_llava
-from lit_hyperet.radius.records import RunResult
-from lit_hyperet.radius.runs import SPLITS, RunSpec, build, check_specs, dataloader, load_runs_file, parse_run
+from lit_hyperet.radius.runs import (
+    SPLITS,
+    RunResult,
+    RunSpec,
+    build,
+    check_specs,
+    collect,
+    dataloader,
+    load_runs_file,
+    model_info,
+    parse_run,
+)
+from lit_hyperet.radius.tokens import FORMULAS, QUANTITIES, TokenSelection
 
 DESCRIPTION = f"""\
 Hyperbolic radius of a LLaVA model's visual tokens (vision-tower layer, optionally the projector output) over a
@@ -130,30 +140,6 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def model_info(module: Any, selection: TokenSelection) -> dict[str, Any]:
-    """Tower, layer, token selection and HyperET settings of a built module (for the JSON summary)."""
-    llava = unwrap_llava(module.llava)
-    vision = llava.config.vision_config
-    try:
-        prefix: int | None = prefix_tokens(vision)
-    except ValueError:  # unknown tower: features.py infers it from the sequence length
-        prefix = None
-    hyperet = getattr(module, "hyperet_config", None)
-    source = getattr(module, "source", None)
-    return {
-        "vision_tower": vision.model_type,
-        "vision_layers": int(vision.num_hidden_layers),
-        "layer": resolved_layer(llava, selection),
-        "config_vision_feature_layer": llava.config.vision_feature_layer,
-        "vision_feature_select_strategy": llava.config.vision_feature_select_strategy,
-        "prefix_tokens": prefix,
-        "cls_included": bool(selection.include_cls and (prefix is None or prefix >= 1)),
-        "tokens": "patch + CLS" if selection.include_cls and (prefix is None or prefix >= 1) else "patch",
-        "hyperet": asdict(hyperet) if is_dataclass(hyperet) else None,
-        "source": source.describe() if hasattr(source, "describe") else None,
-    }
-
-
 def analyse(spec: RunSpec, args: argparse.Namespace, selection: TokenSelection) -> RunResult:
     """Build one run's model and data and collect its records."""
     device = _device(args.device)
@@ -211,4 +197,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["NORMALISATION", "build_parser", "main"]
+__all__ = ["build_parser", "main"]

@@ -1,4 +1,5 @@
-"""PNG plots: token-radius histograms and per-group violins (runs side by side), and accuracy per radius bin."""
+"""The PNG outputs: token-radius histograms and per-group violins (runs side by side) in ``radius.png``, and accuracy
+per radius quantile bin in ``reliability.png``."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from lit_hyperet.radius.records import RunResult  # noqa: E402
-from lit_hyperet.radius.stats import groups, image_means, token_values  # noqa: E402
+from lit_hyperet.radius.analysis import groups, image_means, token_values  # noqa: E402
+from lit_hyperet.radius.runs import RunResult  # noqa: E402
 
 LABELS = {
     "rad": "hyperbolic radius Rad(exp0(f)) = 2||f||",
@@ -102,26 +104,25 @@ def _violins(
     ax.legend(fontsize=8)
 
 
-def plot_reliability(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Accuracy per radius quantile bin, one line per run (text-only accuracy as a dashed horizontal line)."""
-    runs = list(dict.fromkeys(r["run"] for r in rows))
+def plot_reliability(table: pd.DataFrame, path: Path) -> Path:
+    """Accuracy per radius quantile bin (:func:`lit_hyperet.radius.analysis.reliability_table`), one line per run
+    (text-only accuracy as a dashed horizontal line)."""
+    runs = list(dict.fromkeys(table["run"]))
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for run, colour in zip(runs, _colours(len(runs)), strict=True):
-        binned = [r for r in rows if r["run"] == run and isinstance(r["bin"], int)]
-        if binned:
+        rows = table[table["run"] == run]
+        binned = rows[rows["bin"] != "text-only"]
+        if len(binned):
             ax.plot(
-                [r["bin"] for r in binned],
-                [r["accuracy"] for r in binned],
+                binned["bin"].astype(int),
+                binned["accuracy"],
                 "o-",
                 color=colour,
-                label=f"{run} (n={sum(r['n'] for r in binned)})",
+                label=f"{run} (n={binned['n'].sum()})",
             )
-        for r in rows:
-            if r["run"] == run and r["bin"] == "text-only":
-                ax.axhline(
-                    r["accuracy"], color=colour, linestyle="--", linewidth=1, label=f"{run} text-only (n={r['n']})"
-                )
-    quantity = rows[0]["quantity"] if rows else "rad"
+        for r in rows[rows["bin"] == "text-only"].itertuples():
+            ax.axhline(r.accuracy, color=colour, linestyle="--", linewidth=1, label=f"{run} text-only (n={r.n})")
+    quantity = table["quantity"].iloc[0] if len(table) else "rad"
     ax.set_xlabel(f"radius quantile bin (1 = lowest mean {quantity})")
     ax.set_ylabel("accuracy")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
