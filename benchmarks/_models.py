@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from lit_hyperet.hyperet import HyperETConfig
+from lit_hyperet.models import tiny_configs
 from lit_hyperet.models.llava.build import LoraSettings, build_llava
 from lit_hyperet.models.loading import ModelSource
 
@@ -75,7 +76,8 @@ LLAVA_7B = Shape(
 
 def llava_config(shape: Shape) -> LlavaConfig:
     """A LLaVA-1.5-style config: penultimate vision layer, CLS dropped, ``mlp2x_gelu`` projector."""
-    vision = CLIPVisionConfig(
+    vision = tiny_configs.vision_config(
+        "clip",
         hidden_size=shape.vision_hidden,
         intermediate_size=4 * shape.vision_hidden,
         num_hidden_layers=shape.vision_layers,
@@ -83,27 +85,19 @@ def llava_config(shape: Shape) -> LlavaConfig:
         image_size=shape.image_size,
         patch_size=shape.patch_size,
     )
-    text = LlamaConfig(
+    text = tiny_configs.llama_config(
         vocab_size=shape.vocab,
         hidden_size=shape.llm_hidden,
         intermediate_size=shape.llm_intermediate,
         num_hidden_layers=shape.llm_layers,
         num_attention_heads=shape.llm_heads,
-        num_key_value_heads=shape.llm_heads,
         max_position_embeddings=4096,
         bos_token_id=BOS,
         eos_token_id=2,
         pad_token_id=PAD,
-        tie_word_embeddings=False,
     )
-    return LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=IMAGE_TOKEN_ID,
-        image_seq_length=shape.image_tokens,
-        projector_hidden_act="gelu",
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
+    return tiny_configs.llava_config(
+        vision, text, image_token_index=IMAGE_TOKEN_ID, image_seq_length=shape.image_tokens
     )
 
 

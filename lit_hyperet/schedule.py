@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
-import math
+import warnings
+from typing import Any
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import ConstantLR, LinearLR, LRScheduler, SequentialLR
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 
-class WarmupCosineLR(LambdaLR):
+class WarmupCosineLR(SequentialLR):
     """Linear warm-up to each group's lr, then cosine decay to ``min_lr_ratio × lr`` at ``total_steps``.
+
+    With ``warm`` warm-up steps and ``total`` steps, the lr at optimiser step ``s`` is ``lr × (s + 1) / warm`` for
+    ``s < warm`` (the first step already trains, at ``lr / warm``), then
+    ``lr × (r + (1 - r) × (1 + cos(π × (s - warm) / (total - warm))) / 2)`` with ``r = min_lr_ratio``, and stays at
+    ``r × lr`` after ``total``. Without steps left after the warm-up the lr stays at its peak.
+
+    Built from the libraries' schedulers, chained by ``SequentialLR`` at step ``warm``:
+
+    - warm-up: ``torch.optim.lr_scheduler.LinearLR(start_factor=1/warm, total_iters=warm-1)``, exactly
+      ``(s + 1) / warm``. transformers' warm-ups start at 0 at step 0 (``get_cosine_schedule_with_warmup``), or put
+      the cosine one step early (``get_cosine_with_min_lr_schedule_with_warmup_lr_rate``).
+    - decay: transformers' ``get_cosine_with_min_lr_schedule_with_warmup`` with no warm-up of its own over
+      ``total - warm`` steps. torch's ``CosineAnnealingLR`` cannot decay to ``min_lr_ratio × lr``: its ``eta_min`` is
+      one absolute lr for every group, and the groups (HyperET, projector, LoRA) have their own lrs;
+      transformers' ``min_lr_rate`` is relative to each group's lr.
+    - after ``total``: both libraries' cosines rise again, so :meth:`step` holds the final lr.
 
     Args:
         optimizer: the optimiser.
@@ -24,16 +42,22 @@ class WarmupCosineLR(LambdaLR):
         self.warmup = warmup
         self.total_steps = total_steps
         self.min_lr_ratio = min_lr_ratio
-        super().__init__(optimizer, self.factor)
+        self._chain(optimizer)
 
-    def set_total_steps(self, total_steps: int) -> None:
-        """Fix the run length once it is known and re-apply the current step's lr: ``LambdaLR`` sets the first lr when
-        it is built, which with ``total_steps=-1`` would be the peak instead of the first warm-up value."""
-        self.total_steps = total_steps
-        factor = self.factor(self.last_epoch)
-        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-            group["lr"] = base_lr * factor
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+    def _chain(self, optimizer: torch.optim.Optimizer) -> None:
+        """(Re)build the phases for the current settings and start them at step 0 from each group's peak lr."""
+        warm, total = self.warmup_steps(), self.total_steps
+        phases: list[LRScheduler] = []
+        if warm > 0:
+            phases.append(LinearLR(optimizer, start_factor=1 / warm, end_factor=1.0, total_iters=warm - 1))
+        if total > warm:
+            decay = get_cosine_with_min_lr_schedule_with_warmup(
+                optimizer, num_warmup_steps=0, num_training_steps=total - warm, min_lr_rate=self.min_lr_ratio
+            )
+            phases.append(decay)
+        if not phases:  # no warm-up and no decay (run length not known yet, or 0): the peak lr
+            phases.append(ConstantLR(optimizer, factor=1.0))
+        super().__init__(optimizer, phases, milestones=[warm] if len(phases) == 2 else [])
 
     def warmup_steps(self) -> int:
         """Warm-up length in steps."""
@@ -41,12 +65,39 @@ class WarmupCosineLR(LambdaLR):
             return int(round(self.warmup * max(self.total_steps, 0)))
         return int(self.warmup)
 
-    def factor(self, step: int) -> float:
-        """Multiplier of the peak lr at optimiser step ``step``."""
-        warm = self.warmup_steps()
-        if step < warm:
-            return (step + 1) / warm
-        if self.total_steps <= warm:
-            return 1.0
-        progress = min(1.0, (step - warm) / (self.total_steps - warm))
-        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    def step(self) -> None:
+        """One optimiser step on; past ``total_steps`` the lr stays at ``min_lr_ratio × lr``."""
+        if self.last_epoch >= self.total_steps > self.warmup_steps():
+            self.last_epoch += 1
+            return
+        super().step()
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Fix the run length once it is known: rebuild the phases for it and bring them to the current step (the
+        schedule was built with ``total_steps=-1``, so its first lr was the peak instead of the first warm-up value)."""
+        self.total_steps = total_steps
+        self._rebuild_at(self.last_epoch)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue a saved schedule: its own settings (``total_steps`` as saved, not this run's estimate), its phases'
+        states, and the lrs it had set, put back into the optimiser (``LinearLR`` scales the current lr, so the
+        warm-up goes on from the saved one even when the optimiser's state was not loaded)."""
+        settings = (state_dict["warmup"], state_dict["total_steps"], state_dict["min_lr_ratio"])
+        if "_schedulers" not in state_dict:  # saved by the earlier LambdaLR-based version: same curve, step count only
+            self.warmup, self.total_steps, self.min_lr_ratio = settings
+            self._rebuild_at(int(state_dict["last_epoch"]))
+            return
+        if settings != (self.warmup, self.total_steps, self.min_lr_ratio):
+            self.warmup, self.total_steps, self.min_lr_ratio = settings
+            self._chain(self.optimizer)
+        super().load_state_dict(state_dict)
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
+            group["lr"] = lr
+
+    def _rebuild_at(self, step: int) -> None:
+        """Build the phases for the current settings and step them to ``step``."""
+        self._chain(self.optimizer)
+        with warnings.catch_warnings():  # replaying steps that the optimiser took before (or has yet to take)
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(step):
+                self.step()

@@ -18,6 +18,7 @@ from lit_hyperet.hyperet import (
     hyperet_report,
     merge_hyperet,
 )
+from lit_hyperet.models.tiny_configs import llama_config, llava_config, vision_config
 from lit_hyperet.structured import BandedMatrix, BlockDiagonalMatrix, DiagonalMatrix, FullMatrix
 
 VARIANT_KWARGS = {
@@ -81,9 +82,9 @@ def test_parameter_counts_for_n_1024() -> None:
     [("diagonal", 49_152), ("block_diagonal", 196_608), ("banded", 245_472), ("full", 50_331_648)],
 )
 def test_parameter_counts_for_q_and_v_of_24_clip_l_blocks(variant: str, expected: int) -> None:
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionModel
 
-    config = CLIPVisionConfig(hidden_size=1024, intermediate_size=8, num_hidden_layers=24, num_attention_heads=16)
+    config = vision_config("clip", hidden_size=1024, intermediate_size=8, num_hidden_layers=24, num_attention_heads=16)
     with torch.device("meta"):
         tower = CLIPVisionModel(config)
     # euclidean: the count does not depend on the space, and meta tensors need no data-dependent branching
@@ -174,25 +175,12 @@ def test_spaces_differ_as_defined() -> None:
 
 
 def tiny_tower(kind: str) -> nn.Module:
-    from transformers import (
-        CLIPVisionConfig,
-        CLIPVisionModel,
-        Dinov2Config,
-        Dinov2Model,
-        SiglipVisionConfig,
-        SiglipVisionModel,
-    )
+    from transformers import CLIPVisionModel, Dinov2Model, SiglipVisionModel
 
-    kw = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
-    )
+    config = vision_config(kind, hidden_size=32, intermediate_size=64, num_attention_heads=2)
     torch.manual_seed(0)
-    cls = {
-        "clip": (CLIPVisionConfig, CLIPVisionModel),
-        "siglip": (SiglipVisionConfig, SiglipVisionModel),
-        "dinov2": (Dinov2Config, Dinov2Model),
-    }[kind]
-    return cls[1](cls[0](**kw)).eval()
+    model_class = {"clip": CLIPVisionModel, "siglip": SiglipVisionModel, "dinov2": Dinov2Model}[kind]
+    return model_class(config).eval()
 
 
 @pytest.mark.parametrize("kind", ["clip", "siglip", "dinov2"])
@@ -244,25 +232,11 @@ def test_learnable_curvature_gets_gradient_when_the_chain_runs() -> None:
 
 
 def test_whole_llava_adapts_only_the_vision_tower() -> None:
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        ),
-        text_config=LlamaConfig(
-            vocab_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-        ),
+    config = llava_config(
+        vision_config("clip", hidden_size=32, intermediate_size=64, num_attention_heads=2),
+        llama_config(vocab_size=64, hidden_size=32, intermediate_size=64, num_attention_heads=2),
         image_token_index=63,
     )
     model = LlavaForConditionalGeneration(config)

@@ -12,9 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from transformers import (
     AutoProcessor,
-    CLIPVisionConfig,
     CLIPVisionModel,
-    LlamaConfig,
     LlamaForCausalLM,
     LlavaForConditionalGeneration,
     PreTrainedTokenizerFast,
@@ -32,6 +30,7 @@ from lit_hyperet.models.llava import (
     merge_and_save,
     trainable_groups,
 )
+from lit_hyperet.models.tiny_configs import llama_config, vision_config
 from lit_hyperet.models.tiny_tokenizer import build_tiny_tokenizer
 
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
@@ -174,16 +173,7 @@ def parts_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny CLIPVisionModel dir (+ image processor) and a tiny Llama dir (+ tokenizer), via save_pretrained."""
     root = tmp_path_factory.mktemp("parts")
     torch.manual_seed(0)
-    vision = CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        )
-    )
+    vision = CLIPVisionModel(vision_config("clip", hidden_size=32, intermediate_size=64, num_attention_heads=2))
     vision.save_pretrained(root / "vision")
     CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
         root / "vision"
@@ -194,14 +184,7 @@ def parts_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         tokenizer_object=tiny.backend_tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
     tokenizer.save_pretrained(root / "llm")
-    llm_config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
+    llm_config = llama_config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_key_value_heads=2)
     LlamaForCausalLM(llm_config).save_pretrained(root / "llm")
     return root / "vision", root / "llm"
 

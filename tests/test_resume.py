@@ -1,6 +1,6 @@
 """A fit killed (SIGKILL) after a checkpoint and resumed with ``--ckpt_path`` ends where the uninterrupted fit ends:
 same loss at every step and same final trainable weights, bit for bit on CPU in float32, including a resume in the
-middle of a shuffled epoch and across the next epoch boundary."""
+middle of a shuffled epoch and across the next epoch boundary, and in the middle of the lr warm-up."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 8  # 72 training problems in batches of 16: 5 steps per epoch, so the run crosses into a second epoch
 KILL_AFTER = 2  # mid-epoch
+WARMUP = 4  # steps: the resumed run goes on inside the lr warm-up and crosses into the cosine decay
 
 
 def fit(tiny_model_dir: Path, data_dir: Path, out: Path, *extra: str, killed: bool = False) -> None:
@@ -25,6 +26,7 @@ def fit(tiny_model_dir: Path, data_dir: Path, out: Path, *extra: str, killed: bo
     command += [str(data_dir), "--trainer.default_root_dir", str(out), "--checkpoint.dirpath", str(out / "ckpt")]
     command += ["--trainer.max_steps", str(STEPS), "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps"]
     command += ["1", "--checkpoint.every_n_train_steps", str(KILL_AFTER), "--trainer.enable_progress_bar", "false"]
+    command += ["--model.init_args.lr_scheduler.init_args.warmup", str(WARMUP / STEPS)]
     command += ["--trainer.callbacks+=helpers.rank_state.SaveTrainableStatePerRank"]
     command += [f"--trainer.callbacks.out_dir={out / 'ranks'}", *extra]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out.parent / 'mlflow.db'}"}
@@ -60,6 +62,8 @@ def test_killed_and_resumed_fit_ends_where_the_uninterrupted_fit_ends(runs: dict
     assert uninterrupted["state"].keys() == resumed["state"].keys()
     for name, value in uninterrupted["state"].items():
         assert torch.equal(resumed["state"][name], value), name
+    ends = [torch.load(runs[name] / "ckpt" / "last.ckpt", weights_only=True) for name in ("uninterrupted", "resumed")]
+    assert ends[0]["lr_schedulers"] == ends[1]["lr_schedulers"]  # the lr schedule ends in the same state
 
 
 def test_checkpoint_every_n_steps_updates_last_and_resume_keeps_the_run_name(runs: dict[str, Path]) -> None:

@@ -8,19 +8,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Literal
 
 import torch
-from transformers import (
-    CLIPVisionConfig,
-    Dinov2Config,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
-    PreTrainedConfig,
-    SiglipVisionConfig,
-)
+from transformers import LlavaForConditionalGeneration, LlavaProcessor
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -28,28 +18,13 @@ from transformers.models.siglip.image_processing_pil_siglip import SiglipImagePr
 
 from lit_hyperet.chat_templates import vicuna_v1_chat_template
 from lit_hyperet.encoders import prefix_tokens
+from lit_hyperet.models import tiny_configs
+from lit_hyperet.models.tiny_configs import IMAGE_SIZE, PATCH_SIZE, VISIONS, Vision
 from lit_hyperet.models.tiny_tokenizer import IMAGE, build_tiny_tokenizer
 
-Vision = Literal["clip", "siglip", "dinov2"]
-VISIONS: tuple[str, ...] = ("clip", "siglip", "dinov2")
-IMAGE_SIZE = 32
-PATCH_SIZE = 8  # 4 x 4 = 16 patch tokens
 TEXT_INIT_STD = 0.2
-VISION_WIDTH = 64
-VISION_FEATURE_LAYER = -2  # LLaVA-1.5: penultimate layer
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _vision_config(vision: Vision) -> PreTrainedConfig:
-    common = dict(hidden_size=VISION_WIDTH, num_hidden_layers=2, num_attention_heads=4, image_size=IMAGE_SIZE)
-    if vision == "clip":
-        return CLIPVisionConfig(**common, intermediate_size=2 * VISION_WIDTH, patch_size=PATCH_SIZE)
-    if vision == "siglip":
-        return SiglipVisionConfig(**common, intermediate_size=2 * VISION_WIDTH, patch_size=PATCH_SIZE)
-    if vision == "dinov2":
-        return Dinov2Config(**common, mlp_ratio=2, patch_size=PATCH_SIZE)
-    raise ValueError(f"unknown vision tower {vision!r}; choose one of {', '.join(VISIONS)}")
 
 
 def _image_processor(vision: Vision) -> BaseImageProcessor:
@@ -76,33 +51,22 @@ def make_tiny_model(out: str | Path, vision: Vision = "clip", seed: int = 0) -> 
     tokenizer = build_tiny_tokenizer()
     chat_template = vicuna_v1_chat_template(IMAGE)
     tokenizer.chat_template = chat_template
-    vision_config = _vision_config(vision)
+    vision_config = tiny_configs.vision_config(vision)
     strategy = "default" if prefix_tokens(vision_config) == 1 else "full"
-    text_config = LlamaConfig(
+    text_config = tiny_configs.llama_config(
         vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
         # With hidden 128, the usual std 0.02 caps every logit near 2.6 (lm_head row norm ≈ 0.23 times the RMS-normed
         # state's norm √128), so even constant tokens plateau at a loss near ln(vocab) − 2.6. A larger std gives the
         # tiny LLM the logit range real (4096-wide) models have.
         initializer_range=TEXT_INIT_STD,
     )
-    num_patches = (IMAGE_SIZE // PATCH_SIZE) ** 2
-    config = LlavaConfig(
-        vision_config=vision_config,
-        text_config=text_config,
+    config = tiny_configs.llava_config(  # 16 patch tokens: CLS dropped (clip, dinov2) or absent (siglip)
+        vision_config,
+        text_config,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
-        image_seq_length=num_patches,
-        projector_hidden_act="gelu",
-        vision_feature_layer=VISION_FEATURE_LAYER,
         vision_feature_select_strategy=strategy,
     )
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG state
