@@ -6,6 +6,8 @@ import importlib
 import os
 import sys
 
+from lit_hyperet.cli_errors import TRACEBACK_ENV
+
 # Tool subcommands: name -> ("module:function", one-line help). Each function takes ``argv: list[str]`` and returns
 # an exit code. Modules are imported lazily so ``--help`` and light tools start fast.
 TOOLS: dict[str, tuple[str, str]] = {
@@ -39,10 +41,6 @@ def _usage() -> str:
 def _load(target: str):
     module_name, func_name = target.split(":")
     return getattr(importlib.import_module(module_name), func_name)
-
-
-#: Set to 1 to see the traceback of a user error (bad checkpoint, …) instead of its one-line message.
-TRACEBACK_ENV = "LIT_HYPERET_TRACEBACK"
 
 
 def main(argv: list[str] | None = None) -> int:

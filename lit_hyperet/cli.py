@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from jsonargparse import lazy_instance
@@ -16,10 +16,12 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lit_hyperet.callbacks import PredictionWriter
 from lit_hyperet.checkpoints import CheckpointError, compare_hparams, read_checkpoint, stored_hparams
 from lit_hyperet.class_paths import import_class
+from lit_hyperet.cli_errors import TRACEBACK_ENV, short_error
 from lit_hyperet.lit_module import HyperETLitModule
 from lit_hyperet.mlflow_store import prepare_tracking_store, tracking_uri
 
 DEFAULT_EXPERIMENT = "lit_hyperet"
+PROG = "python -m lit_hyperet"
 
 
 def _configured_tracking_uris(config: Any) -> list[str]:
@@ -58,8 +60,28 @@ class MLflowSaveConfigCallback(SaveConfigCallback):
                 logger.experiment.log_text(logger.run_id, text, self.config_filename)
 
 
+class ShortErrorParser(LightningArgumentParser):
+    """Reports a config or command-line mistake in a line or two naming the key and the closest valid choice (see
+    :mod:`lit_hyperet.cli_errors`); ``LIT_HYPERET_TRACEBACK=1`` shows jsonargparse's full report instead."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or os.environ.get(TRACEBACK_ENV) == "1":
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        options = list(parser._option_string_actions)
+        sys.stderr.write(f"error: {short_error(message, options)}\n")
+        sys.stderr.write(f"       see: {parser.prog.replace(' [options]', '')} --help\n")
+        self.exit(2)
+
+
 class HyperETCLI(LightningCLI):
     """LightningCLI with the model's processor linked into the datamodule and project defaults."""
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """The root and subcommand parsers: short errors, and ``python -m lit_hyperet`` as the program name."""
+        kwargs.setdefault("prog", PROG)
+        kwargs.setdefault("allow_abbrev", False)  # "--trainer.max_step" is a typo, not "--trainer.max_steps"
+        return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The model dir is named once: the datamodule takes the tokenizer and image processor from the model.
@@ -128,6 +150,7 @@ def cli_main(args: ArgsType = None, run: bool = True) -> HyperETCLI:
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=MLflowSaveConfigCallback,
+            parser_class=ShortErrorParser,
             auto_configure_optimizers=False,
             args=args,
             run=run,

@@ -1,0 +1,80 @@
+"""Config and command-line mistakes end with exit 2 and a line or two naming the key and the closest valid choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lit_hyperet.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "configs" / "demo.yaml")
+
+
+def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> list[str]:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) <= 2, lines
+    return lines
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            ["--model.init_args.hyperet.varient", "diagonal"],
+            "model.init_args.hyperet.varient: HyperETConfig has no such option "
+            "(did you mean model.init_args.hyperet.variant?)",
+        ),
+        (
+            ["--model.init_args.hyperet.variant", "diagonl"],
+            "model.init_args.hyperet.variant: 'diagonl' is not one of diagonal, block_diagonal, banded, full "
+            "(did you mean diagonal?)",
+        ),
+        (
+            ["--data.init_args.batch_siz", "4"],
+            "data.init_args.batch_siz: ScienceQADataModule has no such option "
+            "(did you mean data.init_args.batch_size?)",
+        ),
+        (["--trainer.max_step", "3"], "unknown option --trainer.max_step (did you mean --trainer.max_steps?)"),
+        (
+            ["--trainer.logger.init_args.run_nam", "x"],
+            "trainer.logger.init_args.run_nam: MLFlowLogger has no such option "
+            "(did you mean trainer.logger.init_args.run_name?)",
+        ),
+    ],
+)
+def test_a_mistyped_key_or_value_names_it_and_the_closest_choice(
+    override: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = _error(capsys, ["fit", "--config", DEMO, *override])
+    assert lines[0] == f"error: {expected}"
+    assert lines[1].strip() == "see: python -m lit_hyperet fit --help"
+
+
+def test_a_mistyped_key_in_a_config_file_is_reported_the_same_way(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = yaml.safe_load(Path(DEMO).read_text())
+    config["model"]["init_args"]["lora"]["rank"] = config["model"]["init_args"]["lora"].pop("r")
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    lines = _error(capsys, ["validate", "--config", str(path)])
+    assert lines[0].startswith("error: model.init_args.lora.rank: LoraSettings has no such option")
+
+
+def test_a_missing_config_file_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    lines = _error(capsys, ["test", "--config", str(tmp_path / "nowhere.yaml")])
+    assert "nowhere.yaml" in lines[0] and "does not exist" in lines[0]
+
+
+def test_the_full_report_on_request(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIT_HYPERET_TRACEBACK", "1")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", DEMO, "--model.init_args.hyperet.varient", "diagonal"])
+    err = capsys.readouterr().err
+    assert "usage: python -m lit_hyperet" in err and "Option 'varient' is not accepted" in err
