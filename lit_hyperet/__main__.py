@@ -44,18 +44,19 @@ def _load(target: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch to a command. An unusable checkpoint ends with one line on stderr and exit 2, a run stopped by a
-    non-finite loss with one line and exit 1."""
-    from lit_hyperet.checkpoints import CheckpointError
+    """Dispatch to a command. A user's mistake (:class:`~lit_hyperet.user_errors.UserError`: an option, a path, data,
+    a checkpoint) ends with its message on stderr and exit 2, a run stopped by a non-finite loss with one line and
+    exit 1; internal errors keep their traceback."""
     from lit_hyperet.non_finite import NonFiniteLossError
+    from lit_hyperet.user_errors import UserError
 
     try:
         return _dispatch(argv)
-    except (CheckpointError, NonFiniteLossError) as err:
+    except (UserError, NonFiniteLossError) as err:
         if os.environ.get(TRACEBACK_ENV) == "1":
             raise
         print(f"error: {err}", file=sys.stderr)
-        return 2 if isinstance(err, CheckpointError) else 1
+        return 2 if isinstance(err, UserError) else 1
 
 
 def _dispatch(argv: list[str] | None) -> int:

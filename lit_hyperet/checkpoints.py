@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lit_hyperet.class_paths import SpecError, class_path, import_class, is_plain
+from lit_hyperet.user_errors import UserError
 
 T = TypeVar("T")
 #: Entries LightningCLI adds to the hyper-parameters of the modules it builds.
 CLI_ENTRIES = ("_instantiator", "_class_path")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used: the message names the file and what is wrong with it."""
 
 

@@ -17,6 +17,8 @@ import importlib
 import inspect
 from typing import Any
 
+from lit_hyperet.user_errors import UserError
+
 PLAIN = (str, int, float, bool, type(None))
 
 
@@ -29,7 +31,7 @@ def class_path(cls: type) -> str:
 ALLOWED_MODULES = ("lit_hyperet", "torch.optim")
 
 
-class SpecError(ValueError):
+class SpecError(UserError):
     """A spec names something that may not be built from data (outside :data:`ALLOWED_MODULES`, or not a class)."""
 
 

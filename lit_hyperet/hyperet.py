@@ -43,6 +43,7 @@ from lit_hyperet.hyperet_config import (  # the configuration, re-exported here 
     Space as Space,
     Variant as Variant,
 )
+from lit_hyperet.user_errors import ConfigError
 
 # Rows within this relative margin of a clamp take the clamped chain, so rounding cannot flip the fast path's choice.
 FAST_PATH_MARGIN = 1e-3
@@ -180,7 +181,9 @@ def apply_hyperet(model: nn.Module, config: HyperETConfig) -> list[str]:
     matches = [(n, m) for n, m in linears if pattern.search(n)]
     if not matches:
         shown = ", ".join(n for n, _ in linears[:40]) + (" …" if len(linears) > 40 else "")
-        raise ValueError(f"HyperET targets {config.targets!r} match no nn.Linear; candidates ({len(linears)}): {shown}")
+        raise ConfigError(
+            f"HyperET targets {config.targets!r} match no nn.Linear; candidates ({len(linears)}): {shown}"
+        )
     for name, module in matches:
         if _hyperet_of(module) is not None:
             raise ValueError(f"{name} already carries a HyperET parametrization")

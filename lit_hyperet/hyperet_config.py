@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from lit_hyperet.user_errors import ConfigError
+
 if TYPE_CHECKING:
     from lit_hyperet.structured import StructuredMatrix
 
@@ -54,26 +56,28 @@ class HyperETConfig:
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
-            raise ValueError(f"unknown HyperET variant {self.variant!r}; valid: {', '.join(VARIANTS)}")
+            raise ConfigError(f"unknown HyperET variant {self.variant!r}; valid: {', '.join(VARIANTS)}")
         if self.space not in SPACES:
-            raise ValueError(f"unknown HyperET space {self.space!r}; valid: {', '.join(SPACES)}")
+            raise ConfigError(f"unknown HyperET space {self.space!r}; valid: {', '.join(SPACES)}")
         if not self.curvature > 0:
-            raise ValueError(f"curvature must be > 0, got {self.curvature}")
+            raise ConfigError(f"curvature must be > 0, got {self.curvature}")
         if self.num_blocks is not None and self.block_size is not None:
-            raise ValueError(f"give num_blocks ({self.num_blocks}) or block_size ({self.block_size}), not both")
+            raise ConfigError(f"give num_blocks ({self.num_blocks}) or block_size ({self.block_size}), not both")
         if self.band_width < 0:
-            raise ValueError(f"band_width must be >= 0, got {self.band_width}")
+            raise ConfigError(f"band_width must be >= 0, got {self.band_width}")
         re.compile(self.targets)
 
     def block_size_for(self, n: int) -> int:
-        """Block side length for an n×n matrix; a count or size that does not divide n is a ``ValueError``."""
+        """Block side length for an n×n matrix; a count or size that does not divide n is a ``ConfigError``."""
         if self.num_blocks is not None:
             if self.num_blocks < 1 or n % self.num_blocks:
-                raise ValueError(f"block_diagonal: num_blocks {self.num_blocks} does not divide the matrix size {n}")
+                raise ConfigError(
+                    f"hyperet.num_blocks {self.num_blocks} does not divide {n}; use one of {_divisors(n)}"
+                )
             return n // self.num_blocks
         size = self.block_size if self.block_size is not None else DEFAULT_BLOCK_SIZE
         if size < 1 or n % size:
-            raise ValueError(f"block_diagonal: block_size {size} does not divide the matrix size {n}")
+            raise ConfigError(f"hyperet.block_size {size} does not divide {n}; use one of {_divisors(n)}")
         return size
 
     def build_matrix(self, n: int) -> StructuredMatrix:
@@ -88,3 +92,7 @@ class HyperETConfig:
         if self.variant == "banded":
             return BandedMatrix(n, self.band_width)
         return FullMatrix(n)
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)

@@ -25,6 +25,7 @@ from lit_hyperet.non_finite import (
 )
 from lit_hyperet.schedule import WarmupCosineLR
 from lit_hyperet.sharding import gathered, shard_model
+from lit_hyperet.user_errors import ConfigError
 
 log = logging.getLogger(__name__)
 SKIPPED_STEPS_KEY = "non_finite_skipped_steps"
@@ -132,7 +133,7 @@ class HyperETLitModule(pl.LightningModule):
         # Checkpoints hold only the trainable tensors; load_state_dict checks that exactly those are present.
         self.strict_loading = False
         if non_finite not in NON_FINITE_POLICIES:
-            raise ValueError(f"non_finite must be one of {NON_FINITE_POLICIES}, got {non_finite!r}")
+            raise ConfigError(f"non_finite must be one of {NON_FINITE_POLICIES}, got {non_finite!r}")
         self.skipped_steps = 0
         self._drop_update = False
 
@@ -241,7 +242,7 @@ class HyperETLitModule(pl.LightningModule):
                     suffix = "" if decay else "_no_decay"
                     groups.append({"params": chosen, "lr": lrs[name], "weight_decay": wd, "name": name + suffix})
         if not groups:
-            raise ValueError("nothing to train: enable HyperET, the projector or LoRA")
+            raise ConfigError("nothing to train: enable HyperET, the projector or LoRA")
         optimizer = _as_factory(self._optimizer_spec, torch.optim.Optimizer)(groups)
         scheduler = _as_factory(self._scheduler_spec, torch.optim.lr_scheduler.LRScheduler)(optimizer)
         if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps < 0:

@@ -17,6 +17,8 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
+from lit_hyperet.user_errors import ConfigError
+
 #: Class names of transformer blocks: ``LlamaDecoderLayer``, ``MistralDecoderLayer``, ``CLIPEncoderLayer``,
 #: ``SiglipEncoderLayer``, ``Dinov2Layer``, …
 DEFAULT_LAYER_PATTERN = r"(DecoderLayer|EncoderLayer|Dinov2Layer)$"
@@ -41,7 +43,7 @@ def mixed_precision_policy(precision: str) -> MixedPrecisionPolicy | None:
     use ``bf16-mixed``, which keeps float32 masters and computes in bf16.
     """
     if precision not in _POLICIES:
-        raise ValueError(
+        raise ConfigError(
             f"trainer.precision {precision!r} is not supported with FSDP2; use one of {', '.join(_POLICIES)} "
             "(bf16-mixed: bf16 compute, float32 weights and gradient reduction)"
         )
@@ -62,7 +64,7 @@ def shard_model(
         kwargs["mp_policy"] = policy
     layers = [m for m in model.modules() if is_layer(m, layer_pattern)]
     if not layers:
-        raise ValueError(f"no module class of {type(model).__name__} matches the layer pattern {layer_pattern!r}")
+        raise ConfigError(f"no module class of {type(model).__name__} matches the layer pattern {layer_pattern!r}")
     for layer in layers:
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)

@@ -16,6 +16,7 @@ from lightning.fabric.plugins.collectives.torch_collective import default_pg_tim
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from lit_hyperet.checkpoints import read_checkpoint
+from lit_hyperet.user_errors import ConfigError
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -35,7 +36,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         timeout: timedelta | None = default_pg_timeout,
     ) -> None:
         if save_distributed_checkpoint:
-            raise ValueError(
+            raise ConfigError(
                 "FSDP2Strategy: save_distributed_checkpoint=true is not supported: checkpoints hold only the "
                 "trainable tensors and are written as one file of full tensors (small: HyperET, projector, LoRA); "
                 "remove the option"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lit_hyperet.user_errors import ConfigError
+
 
 class StructuredMatrix(nn.Module):
     """Base class: an n×n matrix with a structured set of learnable entries."""
@@ -53,7 +55,7 @@ class BlockDiagonalMatrix(StructuredMatrix):
     def __init__(self, n: int, block_size: int) -> None:
         super().__init__()
         if block_size < 1 or n % block_size:
-            raise ValueError(f"block_diagonal: block size {block_size} does not divide the matrix size {n}")
+            raise ConfigError(f"block_diagonal: block size {block_size} does not divide the matrix size {n}")
         self.n, self.block_size, self.num_blocks = n, block_size, n // block_size
         eye = torch.eye(block_size, dtype=torch.float32)
         self.blocks = nn.Parameter(eye.repeat(self.num_blocks, 1, 1))
@@ -82,7 +84,7 @@ class BandedMatrix(StructuredMatrix):
     def __init__(self, n: int, band_width: int) -> None:
         super().__init__()
         if not 0 <= band_width < n:
-            raise ValueError(f"banded: band width {band_width} must be in [0, {n - 1}] for matrix size {n}")
+            raise ConfigError(f"banded: band width {band_width} must be in [0, {n - 1}] for matrix size {n}")
         self.n, self.band_width = n, band_width
         sizes = [n] + [n - k for k in range(1, band_width + 1) for _ in (0, 1)]
         values = torch.zeros(sum(sizes), dtype=torch.float32)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,3 +81,30 @@ def test_the_full_report_on_request(capsys: pytest.CaptureFixture[str], monkeypa
         main(["fit", "--config", DEMO, "--model.init_args.hyperet.varient", "diagonal"])
     err = capsys.readouterr().err
     assert "usage: python -m lit_hyperet" in err and "Option 'varient' is not accepted" in err
+
+
+def test_an_option_that_cannot_work_ends_with_its_message_not_a_traceback(
+    tiny_model_dir: Path, demo_data_dir: Path, tmp_path: Path
+) -> None:
+    from helpers.demo_cli import demo_args
+
+    args = ["fit", *demo_args(tiny_model_dir, demo_data_dir, tmp_path / "out"), "--trainer.max_steps", "1"]
+    args += ["--model.init_args.hyperet.variant", "block_diagonal", "--model.init_args.hyperet.num_blocks", "3"]
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "PYTHONPATH": str(ROOT / "tests"),
+    }
+    done = subprocess.run([sys.executable, "-m", "lit_hyperet", *args], capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    err = done.stderr.strip().splitlines()
+    assert err[-1].startswith("error: hyperet.num_blocks 3 does not divide 64; use one of 1, 2, 4")
+    assert "Traceback" not in done.stderr
+
+
+def test_tool_commands_report_user_errors_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "out")]) == 2
+    assert main(["radius", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "radius")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in lines if line.startswith("error: ")] == lines and len(lines) == 2
+    assert "missing.ckpt" in lines[0] and "missing.yaml" in lines[1]

@@ -32,6 +32,7 @@ from lit_hyperet.models.llava import (
 )
 from lit_hyperet.models.tiny_configs import llama_config, vision_config
 from lit_hyperet.models.tiny_tokenizer import build_tiny_tokenizer
+from lit_hyperet.user_errors import ConfigError
 
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
 
@@ -267,7 +268,7 @@ def test_merge_and_save_gives_plain_model_with_same_logits(
 
 
 def test_sources_describe_and_errors(tiny_model_dirs: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(ConfigError, match="no config.json"):
         PretrainedLlava(str(tmp_path / "missing")).load_model()
     with pytest.raises(ValueError, match="'full'"):
         PretrainedLlava(str(tiny_model_dirs["siglip"]), vision_feature_select_strategy="default").load_model()

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lit_hyperet.user_errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """Bad input data. The message names the file, the record (pid or id) and the field where known."""
 
 

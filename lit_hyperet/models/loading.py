@@ -9,20 +9,22 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
+from lit_hyperet.user_errors import ConfigError
+
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def torch_dtype(name: str) -> torch.dtype:
     """``"float32" | "bfloat16" | "float16"`` -> the torch dtype."""
     if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+        raise ConfigError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
     return DTYPES[name]
 
 
 def require_config(path: str | Path, what: str) -> Path:
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{what} {str(path)!r} has no config.json (expected a local Hugging Face model dir)")
+        raise ConfigError(f"{what} {str(path)!r} has no config.json (expected a local Hugging Face model dir)")
     return path
 
 
@@ -31,7 +33,7 @@ def load_complete(cls: Any, path: str | Path, what: str, **kwargs: Any) -> PreTr
     model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
     bad = sorted(info["missing_keys"]) + sorted(str(k[0]) for k in info["mismatched_keys"])
     if bad:
-        raise ValueError(f"{what} {str(path)!r} lacks or mismatches {len(bad)} weights of {cls.__name__}: {bad[:10]}")
+        raise ConfigError(f"{what} {str(path)!r} lacks or mismatches {len(bad)} weights of {cls.__name__}: {bad[:10]}")
     return model
 
 

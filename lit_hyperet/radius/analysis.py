@@ -16,6 +16,7 @@ import pandas as pd
 
 from lit_hyperet.radius.runs import CATEGORY_FIELDS, ImageRecord, RunResult
 from lit_hyperet.radius.tokens import FORMULAS, IDENTITY, NORMALISATION, QUANTITIES, SOURCES
+from lit_hyperet.user_errors import ConfigError
 
 QUANTILES: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
 STATS: tuple[str, ...] = ("mean", "std", "min", *(f"q{round(q * 100):02d}" for q in QUANTILES), "max")
@@ -202,7 +203,7 @@ def reliability_table(
     quantile bins); each row gives the bin's value range, size, correct count and accuracy. Text-only samples (no
     radius) get one extra row ``bin = "text-only"``. Records without a correctness flag are left out."""
     if bins < 1:
-        raise ValueError(f"bins must be >= 1, got {bins}")
+        raise ConfigError(f"bins must be >= 1, got {bins}")
     parts = []
     for res in results:
         recs = [r for r in res.records if r.correct is not None and source in r.values]

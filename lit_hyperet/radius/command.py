@@ -28,6 +28,7 @@ from lit_hyperet.radius.runs import (
     parse_run,
 )
 from lit_hyperet.radius.tokens import FORMULAS, QUANTITIES, TokenSelection
+from lit_hyperet.user_errors import ConfigError
 
 DESCRIPTION = f"""\
 Hyperbolic radius of a LLaVA model's visual tokens (vision-tower layer, optionally the projector output) over a
@@ -126,7 +127,7 @@ def specs_from_args(args: argparse.Namespace) -> list[RunSpec]:
         stem = Path(args.config[-1]).stem + (f"_{Path(args.ckpt).stem}" if args.ckpt else "")
         specs.append(RunSpec(args.name or stem, list(args.config), args.ckpt))
     elif args.ckpt:
-        raise ValueError("--ckpt needs --config (with --run use NAME=CONFIG:CKPT)")
+        raise ConfigError("--ckpt needs --config (with --run use NAME=CONFIG:CKPT)")
     specs += [parse_run(r) for r in args.run]
     if args.runs:
         specs += load_runs_file(args.runs)
@@ -155,7 +156,7 @@ def analyse(spec: RunSpec, args: argparse.Namespace, selection: TokenSelection) 
     result = RunResult(spec.name, spec.configs, spec.ckpt, split_name, model_info(module, selection))
     collect(module.llava, loader, result, selection, args.curvature, args.max_samples, generate, device)
     if not result.records:
-        raise ValueError(
+        raise ConfigError(
             f"run {spec.name!r}: no image among the {result.samples_seen} samples visited "
             f"({result.skipped_text_only} text-only skipped)"
         )

@@ -26,6 +26,7 @@ from lit_hyperet.checkpoints import CheckpointError, load_trainable
 from lit_hyperet.encoders import prefix_tokens
 from lit_hyperet.radius.tokens import TokenSelection, resolved_layer, token_features, token_quantities, unwrap_llava
 from lit_hyperet.tasks.scienceqa.rules import grade_band
+from lit_hyperet.user_errors import ConfigError
 
 SPLITS: tuple[str, ...] = ("val", "test")
 
@@ -46,7 +47,7 @@ def parse_run(text: str) -> RunSpec:
     """``NAME=CONFIG[,CONFIG2...][:CKPT]`` → :class:`RunSpec` (the last ``:`` separates the checkpoint)."""
     name, sep, rest = text.partition("=")
     if not sep or not name or not rest:
-        raise ValueError(f"--run {text!r}: expected NAME=CONFIG[,CONFIG...][:CKPT]")
+        raise ConfigError(f"--run {text!r}: expected NAME=CONFIG[,CONFIG...][:CKPT]")
     configs, _, ckpt = rest.rpartition(":") if ":" in rest else (rest, "", "")
     return RunSpec(name, [c for c in configs.split(",") if c], ckpt or None)
 
@@ -56,11 +57,11 @@ def load_runs_file(path: str | Path) -> list[RunSpec]:
     relative paths are taken from the current directory, like ``--config``."""
     data = yaml.safe_load(Path(path).read_text())
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
-        raise ValueError(f"{path}: expected a mapping with a 'runs' list")
+        raise ConfigError(f"{path}: expected a mapping with a 'runs' list")
     specs = []
     for i, entry in enumerate(data["runs"]):
         if not isinstance(entry, dict) or "name" not in entry or "config" not in entry:
-            raise ValueError(f"{path}: runs[{i}] needs 'name' and 'config', got {entry!r}")
+            raise ConfigError(f"{path}: runs[{i}] needs 'name' and 'config', got {entry!r}")
         configs = entry["config"] if isinstance(entry["config"], list) else [entry["config"]]
         specs.append(
             RunSpec(
@@ -76,14 +77,14 @@ def load_runs_file(path: str | Path) -> list[RunSpec]:
 def check_specs(specs: list[RunSpec]) -> None:
     """Unique names, existing config and checkpoint files; ``FileNotFoundError``/``ValueError`` naming the run."""
     if not specs:
-        raise ValueError("no run given: use --config, --run NAME=CONFIG[:CKPT] or --runs FILE.yaml")
+        raise ConfigError("no run given: use --config, --run NAME=CONFIG[:CKPT] or --runs FILE.yaml")
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
-        raise ValueError(f"run names must be unique, got {names}")
+        raise ConfigError(f"run names must be unique, got {names}")
     for s in specs:
         for path in s.configs:
             if not Path(path).is_file():
-                raise FileNotFoundError(f"run {s.name!r}: {path} does not exist")
+                raise ConfigError(f"run {s.name!r}: {path} does not exist")
         if s.ckpt and not Path(s.ckpt).is_file():
             raise CheckpointError(f"{s.ckpt}: no such checkpoint file (run {s.name!r})")
 
@@ -117,7 +118,7 @@ def build(spec: RunSpec, extra_overrides: list[str] = ()) -> tuple[Any, Any]:
 def dataloader(datamodule: Any, split: str, max_samples: int | None, where: str) -> tuple[Any, str]:
     """The ``val`` or ``test`` generation dataloader and the dataset split name behind it."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if max_samples is not None and hasattr(datamodule, "max_samples"):  # encode only what will be read
         current = datamodule.max_samples
         limit = current.get(split) if isinstance(current, dict) else current
@@ -128,7 +129,7 @@ def dataloader(datamodule: Any, split: str, max_samples: int | None, where: str)
     loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
     if isinstance(loader, (list, tuple)):
         if not loader:
-            raise ValueError(f"{where}: the datamodule has no {split} data")
+            raise ConfigError(f"{where}: the datamodule has no {split} data")
         loader = loader[0]
     splits = getattr(datamodule, "splits", None)  # ScienceQADataModule: role -> pid_splits name
     name = splits.get(split) if isinstance(splits, dict) and splits.get(split) else split

@@ -31,6 +31,7 @@ from torch import nn
 
 from lit_hyperet import geometry
 from lit_hyperet.encoders import prefix_tokens
+from lit_hyperet.user_errors import ConfigError
 
 # ------------------------------------------------------------------------------------------------ quantities
 
@@ -58,7 +59,7 @@ def token_quantities(features: torch.Tensor, c: float = 0.01) -> tuple[dict[str,
     saturated and was replaced by the closed form ``2‖f‖`` (see the module docstring).
     """
     if not c > 0:
-        raise ValueError(f"curvature c must be > 0, got {c}")
+        raise ConfigError(f"curvature c must be > 0, got {c}")
     f = features.detach().to(torch.float64)
     ball = geometry.exp0(f, c)
     chain = geometry.radius(ball, c)
@@ -130,7 +131,7 @@ def _pick(hidden_states: tuple[torch.Tensor, ...], layer: int | list[int]) -> to
     n = len(hidden_states)
     for i in layers:
         if not -n <= i < n:
-            raise ValueError(f"vision layer {i} out of range: the tower has {n} hidden states (embeddings + blocks)")
+            raise ConfigError(f"vision layer {i} out of range: the tower has {n} hidden states (embeddings + blocks)")
     return torch.cat([hidden_states[i] for i in layers], dim=-1)
 
 

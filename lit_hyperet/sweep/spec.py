@@ -40,6 +40,8 @@ from typing import Any
 
 import yaml
 
+from lit_hyperet.user_errors import UserError
+
 #: Keys a sweep file may hold.
 SWEEP_KEYS = (
     "name",
@@ -79,7 +81,7 @@ MANAGED_KEYS = (
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.+-]*$")
 
 
-class SweepError(ValueError):
+class SweepError(UserError):
     """An invalid sweep file or override (the message names the file and key)."""
 
 

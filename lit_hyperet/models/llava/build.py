@@ -13,6 +13,7 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from lit_hyperet.hyperet import HyperETConfig, apply_hyperet, hyperet_parameters
 from lit_hyperet.models.loading import ModelSource
+from lit_hyperet.user_errors import ConfigError
 
 GROUPS = ("hyperet", "projector", "lora")
 NamedParams = list[tuple[str, nn.Parameter]]
@@ -42,7 +43,7 @@ class LoraSettings:
     def target_regex(self) -> str:
         """Full-match regex over qualified module names, e.g. ``model.language_model.layers.0.self_attn.q_proj``."""
         if not self.target_modules:
-            raise ValueError("LoraSettings.target_modules is empty")
+            raise ConfigError("lora.target_modules is empty: name the LLM modules to adapt, or set lora: null")
         names = "|".join(re.escape(t) for t in self.target_modules)
         return rf"(?:.*\.)?language_model\.(?:.*\.)?(?:{names})"
 

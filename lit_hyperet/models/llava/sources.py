@@ -34,6 +34,7 @@ from lit_hyperet.chat_templates import vicuna_v1_chat_template
 from lit_hyperet.encoders import check_select_strategy, prefix_tokens
 from lit_hyperet.models.llava.tiny import Vision, make_tiny_model
 from lit_hyperet.models.loading import ModelSource, load_complete, require_config, torch_dtype
+from lit_hyperet.user_errors import ConfigError
 
 #: Full two-tower models whose vision half can serve as a LLaVA vision tower.
 _DUAL_ENCODERS = ("clip", "siglip")
@@ -71,7 +72,7 @@ class PretrainedLlava(ModelSource):
         path = require_config(self.path, "LLaVA model dir")
         config = AutoConfig.from_pretrained(path)
         if not isinstance(config, LlavaConfig):
-            raise ValueError(f"{str(path)!r} holds a {config.model_type!r} model, expected 'llava'")
+            raise ConfigError(f"{str(path)!r} holds a {config.model_type!r} model, expected 'llava'")
         if self.vision_feature_layer is not None:
             config.vision_feature_layer = self.vision_feature_layer
         if self.vision_feature_select_strategy is not None:
@@ -140,7 +141,7 @@ class LlavaFromParts(ModelSource):
         chat_template: str | None = None,
     ) -> None:
         if projector not in ("linear", "mlp2x_gelu"):
-            raise ValueError(f"projector must be 'linear' or 'mlp2x_gelu', got {projector!r}")
+            raise ConfigError(f"projector must be 'linear' or 'mlp2x_gelu', got {projector!r}")
         torch_dtype(dtype)
         self.vision_path = vision_path
         self.llm_path = llm_path
@@ -164,7 +165,7 @@ class LlavaFromParts(ModelSource):
         tokenizer = AutoTokenizer.from_pretrained(require_config(self.llm_path, "LLM dir"))
         named = getattr(tokenizer, "image_token", None)
         if named is not None and str(named) != self.image_token:
-            raise ValueError(f"the tokenizer in {self.llm_path!r} names {str(named)!r} its image token; pass that")
+            raise ConfigError(f"the tokenizer in {self.llm_path!r} names {str(named)!r} its image token; pass that")
         if self.image_token not in tokenizer.get_vocab():
             tokenizer.add_tokens([AddedToken(self.image_token, special=True, normalized=False)], special_tokens=True)
         if tokenizer.pad_token is None:
@@ -183,7 +184,7 @@ class LlavaFromParts(ModelSource):
         try:
             image_processor = AutoImageProcessor.from_pretrained(self.vision_path)
         except OSError as err:
-            raise FileNotFoundError(f"vision tower dir {self.vision_path!r} has no image-processor config") from err
+            raise ConfigError(f"vision tower dir {self.vision_path!r} has no image-processor config") from err
         return LlavaProcessor(
             image_processor=image_processor,
             tokenizer=self.load_tokenizer(),
@@ -285,7 +286,7 @@ class TinyLlava(ModelSource):
         found = AutoConfig.from_pretrained(path).vision_config.model_type
         expected = {"clip": "clip_vision_model", "siglip": "siglip_vision_model", "dinov2": "dinov2"}[self.vision]
         if found != expected:
-            raise ValueError(f"{str(path)!r} holds a tiny model with a {found!r} tower, not {self.vision!r}")
+            raise ConfigError(f"{str(path)!r} holds a tiny model with a {found!r} tower, not {self.vision!r}")
         return path
 
     def _pretrained(self) -> PretrainedLlava:
