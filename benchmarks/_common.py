@@ -306,10 +306,15 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub-flavoured Markdown table, with blank lines around it so text next to it stays out of it."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n" + "\n".join(lines) + "\n"
+    """A GitHub-flavoured Markdown table, with blank lines around it so text next to it stays out of it (rows shorter
+    than the header end in empty cells)."""
+    import pandas as pd
+
+    from lit_hyperet.tables import markdown_table
+
+    cells = [[*row, *[""] * (len(header) - len(row))] for row in rows]
+    frame = pd.DataFrame(cells, columns=list(header), dtype=object)
+    return "\n" + markdown_table(frame) + "\n"
 
 
 def script_main(

@@ -351,7 +351,7 @@ def format_table(result: dict) -> str:
         "peak-mem ratio vs grad-baseline",
         "goal (time ratio): vs baseline / vs grad-baseline / isolated",
     ]
-    blank = [""] * (len(head) - 4)
+    blank = [""] * (len(head) - 3)
     rows = [["baseline", fmt(result["baseline"]["step_ms"], 1), "1.000", "", "", "",
              fmt(result["baseline"]["peak_mib"], 0), "1.000", "", ""]]  # fmt: skip
     noise = result[NOISE]

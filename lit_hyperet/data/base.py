@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 from torch.utils.data import DataLoader
@@ -22,6 +22,25 @@ class ConversationDataModule(L.LightningDataModule):
 
     The processor (a ``LlavaProcessor``) comes from the model: LightningCLI links it in at instantiation, or call
     :meth:`set_processor`. ``setup()`` without one raises ``RuntimeError``.
+
+    The arguments below are shared by every subclass, which declares only its own and passes these on as keywords
+    (LightningCLI still lists them as the subclass's ``init_args``).
+
+    Args:
+        processor: tokenizer + image processor (``LlavaProcessor``); the CLI links in the model's.
+        template: ``"auto"`` (the processor's chat template, else vicuna_v1) or ``"vicuna_v1"``.
+        system_prompt: system message for the chat template (``None``: the template's own).
+        batch_size: training batch size.
+        eval_batch_size: batch size of the val/test/predict (generation) batches.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: keep the DataLoader workers between epochs (only with ``num_workers > 0``).
+        max_length: token limit per sample (``None``: no limit). Nothing is truncated: longer samples raise or are
+            skipped, see ``on_overflow``.
+        on_overflow: ``"error"`` (raise on a sample longer than ``max_length``) or ``"skip"`` (leave it out and count
+            it, see :attr:`num_skipped`).
+        max_samples: the first N samples per role (``{"train": 64, "val": 32}``; roles train/val/test/predict) or
+            for every role (an int); ``None``: all.
     """
 
     #: Max new tokens the module should generate for this data (``None``: the module's own setting).
@@ -34,7 +53,7 @@ class ConversationDataModule(L.LightningDataModule):
     def __init__(
         self,
         processor: Any = None,
-        template: str = "auto",
+        template: Literal["auto", "vicuna_v1"] = "auto",
         system_prompt: str | None = None,
         batch_size: int = 8,
         eval_batch_size: int = 16,
@@ -42,7 +61,7 @@ class ConversationDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         max_length: int | None = 512,
-        on_overflow: str = "error",
+        on_overflow: Literal["error", "skip"] = "error",
         max_samples: dict[str, int] | int | None = None,
     ) -> None:
         super().__init__()

@@ -8,7 +8,6 @@ the exact trainable and HyperET parameter counts the runs logged (``params/*``),
 
 from __future__ import annotations
 
-import csv
 import math
 import statistics
 from collections.abc import Iterable
@@ -16,8 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
 from lit_hyperet.hyperet_config import DEFAULT_BLOCK_SIZE
 from lit_hyperet.sweep.spec import Sweep, Trial, config_tags
+from lit_hyperet.tables import markdown_table
 from lit_hyperet.tasks.scienceqa.rules import CATEGORIES
 
 if TYPE_CHECKING:
@@ -341,6 +343,13 @@ def _fmt_sci(stat: tuple[float, float, int] | None) -> str:
     return DASH if stat is None else f"{stat[0]:.2g}"
 
 
+def table_frame(report: Report) -> pd.DataFrame:
+    """The markdown table's cells (formatted strings), one row per configuration, columns of :func:`table_columns`."""
+    cols = table_columns(report)
+    cells = [[str(cell(row)) for _, cell in cols] for row in report.rows]
+    return pd.DataFrame(cells, columns=[h for h, _ in cols], dtype=object)
+
+
 def to_markdown(report: Report) -> str:
     """The ablation table with a short header explaining units and conventions."""
     sweep, rows = report.sweep, report.rows
@@ -358,11 +367,7 @@ def to_markdown(report: Report) -> str:
         "(the poster's Δparams assume q, k, v adapted for block-diagonal and banded, but q, v for diagonal).",
         "",
     ]
-    cols = table_columns(report)
-    lines.append("| " + " | ".join(h for h, _ in cols) + " |")
-    lines.append("|" + "|".join("---" for _ in cols) + "|")
-    for row in rows:
-        lines.append("| " + " | ".join(str(cell(row)) for _, cell in cols) + " |")
+    lines.append(markdown_table(table_frame(report)))
     if any(rec.stale for r in rows for rec in r.records):
         lines += ["", "\\* from a run whose config hash differs from the sweep file's current trial (older settings)."]
     return "\n".join(lines) + "\n"
@@ -404,10 +409,9 @@ def write_csv(report: Report, path: Path) -> None:
     """``ablation.csv``."""
     rows = csv_rows(report)
     fields = list(dict.fromkeys(k for row in rows for k in row)) or ["configuration"]
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    # object columns keep each value as logged (ints stay ints next to missing values); None is written empty
+    frame = pd.DataFrame(rows, columns=fields, dtype=object)
+    frame.to_csv(path, index=False, na_rep="", lineterminator="\r\n")
 
 
 def write_chart(report: Report, path: Path) -> None:

@@ -20,7 +20,10 @@ class LlavaInstructDataModule(ConversationDataModule):
         template: ``"auto"`` (the processor's chat template, else vicuna_v1), ``"vicuna_v1"``, or ``"plain"`` (LLaVA
             pre-training: ``<image>`` + caption + newline; only caption and newline are learned).
         eval_max_new_tokens: generation budget for val/test/predict (``None``: the module's own setting).
-        max_length / on_overflow / max_samples: as in :class:`~lit_hyperet.data.ScienceQADataModule`.
+        max_length: token limit per sample, as in :class:`~lit_hyperet.data.base.ConversationDataModule` (longer
+            default here: instruction conversations are long).
+        **kwargs: the other arguments shared by all datamodules (``processor``, ``batch_size``, ``eval_batch_size``,
+            ``on_overflow``, ``max_samples``, …), see :class:`~lit_hyperet.data.base.ConversationDataModule`.
 
     Evaluation generates the last gpt turn of each record (earlier turns are in the prompt) and scores it with
     :class:`~lit_hyperet.metrics.ExactMatch`; ``meta`` per sample: ``id``, ``reference``, ``has_image``.
@@ -34,33 +37,13 @@ class LlavaInstructDataModule(ConversationDataModule):
         predict_path: str | None = None,
         image_folder: str | None = None,
         template: Literal["auto", "vicuna_v1", "plain"] = "auto",
-        system_prompt: str | None = None,
-        batch_size: int = 8,
-        eval_batch_size: int = 16,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
         max_length: int | None = 2048,
-        on_overflow: Literal["error", "skip"] = "error",
-        max_samples: dict[str, int] | int | None = None,
         eval_max_new_tokens: int | None = None,
-        processor: Any = None,
+        **kwargs: Any,
     ) -> None:
         if template not in ("auto", "vicuna_v1", "plain"):
             raise ValueError(f"template must be 'auto', 'vicuna_v1' or 'plain', got {template!r}")
-        super().__init__(
-            processor=processor,
-            template="auto" if template == "plain" else template,
-            system_prompt=system_prompt,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            max_length=max_length,
-            on_overflow=on_overflow,
-            max_samples=max_samples,
-        )
+        super().__init__(template="auto" if template == "plain" else template, max_length=max_length, **kwargs)
         self.paths = {"train": train_path, "val": val_path, "test": test_path, "predict": predict_path}
         self.image_folder = image_folder
         self.conversation_template = "plain" if template == "plain" else "chat"

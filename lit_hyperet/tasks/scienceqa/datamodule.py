@@ -62,12 +62,11 @@ class ScienceQADataModule(ConversationDataModule):
         eval_protocol: ``"answer_prefix"`` (prompt ends with ``ASSISTANT: The answer is``, one new token is read as
             the letter; needs an OUT format starting with the answer) or ``"generate"`` (free generation, parsed with
             the official rules).
-        template: ``"auto"`` (the processor's chat template, else vicuna_v1) or ``"vicuna_v1"``.
-        max_length / on_overflow: nothing is truncated; longer samples raise (``"error"``) or are skipped and counted
-            (``"skip"``, see :attr:`num_skipped`).
-        max_samples: first N problems per role (``{"train": 64, "val": 32}``) or for every role (an int).
         make_demo_if_missing: create the synthetic demo dataset in ``data_dir`` when it has no problems.json.
         splits_path / captions_path: explicit pid_splits.json / captions.json (default: found next to the data).
+        **kwargs: the arguments shared by all datamodules (``processor``, ``template``, ``batch_size``,
+            ``eval_batch_size``, ``max_length``, ``max_samples``, …), see
+            :class:`~lit_hyperet.data.base.ConversationDataModule`.
     """
 
     answer_prefix = ANSWER_PREFIX
@@ -85,36 +84,14 @@ class ScienceQADataModule(ConversationDataModule):
         reference_quirks: bool = False,
         single_pred_prompt: bool = False,
         eval_protocol: Literal["generate", "answer_prefix"] = "answer_prefix",
-        template: Literal["auto", "vicuna_v1"] = "auto",
-        system_prompt: str | None = None,
-        batch_size: int = 8,
-        eval_batch_size: int = 16,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        max_length: int | None = 512,
-        on_overflow: Literal["error", "skip"] = "error",
-        max_samples: dict[str, int] | int | None = None,
         splits_path: str | None = None,
         captions_path: str | None = None,
         make_demo_if_missing: bool = False,
         demo_num_problems: int = 600,
         demo_seed: int = 0,
-        processor: Any = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            processor=processor,
-            template=template,
-            system_prompt=system_prompt,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            max_length=max_length,
-            on_overflow=on_overflow,
-            max_samples=max_samples,
-        )
+        super().__init__(**kwargs)
         _, out_fmt = parse_format(prompt_format)
         if layout not in ("raw", "parquet"):
             raise ValueError(f"layout must be 'raw' or 'parquet', got {layout!r}")
