@@ -22,6 +22,7 @@ from lit_hyperet.mlflow_store import tracking_uri
 from lit_hyperet.radius import analysis, plots
 from lit_hyperet.radius.runs import RunResult, RunSpec
 from lit_hyperet.radius.tokens import FORMULAS, QUANTITIES
+from lit_hyperet.tables import markdown_table
 
 IMAGES_CSV = "radius_images.csv"
 GROUPS_CSV = "radius_groups.csv"
@@ -100,16 +101,13 @@ def write_csv(path: Path, table: pd.DataFrame) -> Path:
     return path
 
 
-def markdown_table(table: pd.DataFrame, number: Callable[[float], str]) -> str:
-    """``table`` as a GitHub markdown table: floats through ``number``, everything else through ``str``.
+def _numbers(table: pd.DataFrame, spec: str) -> dict[str, Callable[[Any], str]]:
+    """Every column's floats written with ``spec``, other values with ``str``."""
 
-    Written here rather than with ``DataFrame.to_markdown``, which needs the optional ``tabulate`` package that the
-    project does not install.
-    """
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
-    for row in table.itertuples(index=False):
-        lines.append("| " + " | ".join(number(v) if isinstance(v, float) else str(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
+    def cell(value: Any) -> str:
+        return format(value, spec) if isinstance(value, float) else str(value)
+
+    return {column: cell for column in table.columns}
 
 
 def write_table(path: Path, table: pd.DataFrame, c: float) -> Path:
@@ -123,14 +121,15 @@ def write_table(path: Path, table: pd.DataFrame, c: float) -> Path:
         "first run's rad_mean for the same source and group",
         "",
     ]
-    path.write_text("\n".join(lines) + "\n" + markdown_table(table[cols], lambda v: f"{v:.4f}"))
+    body = markdown_table(table[cols], _numbers(table[cols], ".4f"), na_rep="nan")
+    path.write_text("\n".join(lines) + "\n" + body + "\n")
     return path
 
 
 def write_reliability(path: Path, table: pd.DataFrame, note: str) -> Path:
     """``reliability.md``: a title, one paragraph explaining the bins, and the table (empty cells for NaN)."""
-    body = markdown_table(table, lambda v: f"{v:.4g}" if v == v else "")
-    path.write_text(f"# Accuracy per radius quantile bin\n\n{note}\n\n{body}")
+    body = markdown_table(table, _numbers(table, ".4g"), na_rep="")
+    path.write_text(f"# Accuracy per radius quantile bin\n\n{note}\n\n{body}\n")
     return path
 
 
