@@ -208,3 +208,32 @@ def test_record_without_id_is_named_by_index(tmp_path: Path) -> None:
     path.write_text(json.dumps([{"id": "a", "conversations": turns("human", "gpt")}, {"conversations": []}]))
     with raises(f"{path}: record 1: field 'id': missing or not a string"):
         read_llava_json(path)
+
+
+# ------------------------------------------------------------------------------------------ no synthetic fallback
+def test_synthetic_data_fills_only_the_demos_own_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lit_hyperet.tasks.scienceqa.demo import DEMO_DATA_DIR
+
+    monkeypatch.chdir(tmp_path)
+    elsewhere = tmp_path / "scienceqa_typo"
+    module = ScienceQADataModule(data_dir=str(elsewhere), make_demo_if_missing=True, demo_num_problems=20)
+    with raises(f"data_dir {elsewhere}: no problems.json"):
+        module.prepare_data()
+    assert not elsewhere.exists()
+    ScienceQADataModule(data_dir=DEMO_DATA_DIR, make_demo_if_missing=True, demo_num_problems=20).prepare_data()
+    assert len(json.loads((tmp_path / DEMO_DATA_DIR / "problems.json").read_text())) == 20
+
+
+def test_a_mistyped_data_dir_ends_the_run_with_one_line(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from helpers.demo_cli import demo_args
+
+    from lit_hyperet.__main__ import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    missing = tmp_path / "scienceqa_typo"
+    assert main(["fit", *demo_args(tiny_model_dir, missing, tmp_path / "out"), "--trainer.max_steps", "1"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: data_dir {missing}: no problems.json") and "make-demo-data" in last
+    assert not missing.exists()

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from lit_hyperet.data.base import ConversationDataModule
 from lit_hyperet.data.conversation import Conversation
+from lit_hyperet.data.errors import DataError
 from lit_hyperet.tasks.scienceqa.metric import ScienceQAAccuracy
 from lit_hyperet.tasks.scienceqa.problems import ScienceQAProblem, load_scienceqa
 from lit_hyperet.tasks.scienceqa.prompts import (
@@ -62,7 +63,9 @@ class ScienceQADataModule(ConversationDataModule):
         eval_protocol: ``"answer_prefix"`` (prompt ends with ``ASSISTANT: The answer is``, one new token is read as
             the letter; needs an OUT format starting with the answer) or ``"generate"`` (free generation, parsed with
             the official rules).
-        make_demo_if_missing: create the synthetic demo dataset in ``data_dir`` when it has no problems.json.
+        make_demo_if_missing: create the synthetic demo dataset when ``data_dir`` is the demo's own
+            (``outputs/demo_data``, :data:`~lit_hyperet.tasks.scienceqa.demo.DEMO_DATA_DIR`) and has no problems.json.
+            Any other missing dataset is an error naming the path: synthetic data never stands in for real data.
         splits_path / captions_path: explicit pid_splits.json / captions.json (default: found next to the data).
         **kwargs: the arguments shared by all datamodules (``processor``, ``template``, ``batch_size``,
             ``eval_batch_size``, ``max_length``, ``max_samples``, …), see
@@ -116,12 +119,20 @@ class ScienceQADataModule(ConversationDataModule):
         )
 
     def prepare_data(self) -> None:
-        """With ``make_demo_if_missing``, write the demo dataset to ``data_dir`` when it has no problems.json."""
-        if self.make_demo_if_missing and self.layout == "raw" and not (self.data_dir / "problems.json").exists():
-            from lit_hyperet.tasks.scienceqa.demo import make_demo_data
+        """Write the demo dataset to the demo's own ``data_dir`` when asked and missing; refuse a missing dataset
+        anywhere else with the path and what belongs there."""
+        from lit_hyperet.tasks.scienceqa.demo import DEMO_DATA_DIR, make_demo_data
 
+        if self.layout == "parquet" or (self.data_dir / "problems.json").exists():
+            return  # the readers name any file that is missing from here on
+        if self.make_demo_if_missing and self.data_dir.resolve() == Path(DEMO_DATA_DIR).resolve():
             log.warning("%s has no problems.json: writing the synthetic demo dataset there", self.data_dir)
             make_demo_data(self.data_dir, num_problems=self.demo_num_problems, seed=self.demo_seed)
+            return
+        raise DataError(
+            f"data_dir {self.data_dir}: no problems.json (expected ScienceQA's raw layout: problems.json, "
+            f"pid_splits.json, images/); synthetic data: python -m lit_hyperet make-demo-data --out {self.data_dir}"
+        )
 
     def setup(self, stage: str | None = None) -> None:
         """Load the splits of ``stage`` (creating the demo data first if asked and missing)."""

@@ -44,6 +44,8 @@ RHYMES = {"red": ("bed", "head", "bread"), "green": ("seen", "bean", "queen"), "
 NAMES = ("Mia", "Leo", "Ava", "Sam", "Zoe", "Ben")
 THINGS = ("kite", "hat", "ball", "boat", "cup")
 SIZE = 64
+#: Where the demo config keeps its synthetic data; the only dir a datamodule may fill with it on first use.
+DEMO_DATA_DIR = "outputs/demo_data"
 SPLIT_KEYS = ("train", "val", "test", "trainval", "minitrain", "minival", "minitest")
 MIN_PROBLEMS = 20
 
