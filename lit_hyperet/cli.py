@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 
@@ -19,6 +19,9 @@ from lit_hyperet.class_paths import import_class
 from lit_hyperet.cli_errors import TRACEBACK_ENV, short_error
 from lit_hyperet.lit_module import HyperETLitModule
 from lit_hyperet.mlflow_store import prepare_tracking_store, tracking_uri
+from lit_hyperet.progress import StepProgressBar
+from lit_hyperet.results_table import ResultsTable
+from lit_hyperet.run_record import FIT_RUN_KEY, RunRecord, name_runs, run_params, run_tags
 
 DEFAULT_EXPERIMENT = "lit_hyperet"
 PROG = "python -m lit_hyperet"
@@ -77,6 +80,9 @@ class ShortErrorParser(LightningArgumentParser):
 class HyperETCLI(LightningCLI):
     """LightningCLI with the model's processor linked into the datamodule and project defaults."""
 
+    #: MLflow run of the fit that wrote ``--ckpt_path`` (when the checkpoint records it).
+    _fit_run_id: str | None = None
+
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         """The root and subcommand parsers: short errors, and ``python -m lit_hyperet`` as the program name."""
         kwargs.setdefault("prog", PROG)
@@ -99,6 +105,8 @@ class HyperETCLI(LightningCLI):
             {
                 "checkpoint.dirpath": "outputs/checkpoints",
                 "checkpoint.save_last": True,
+                # last.ckpt is always the latest run's: no last-v1.ckpt that later commands would not read
+                "checkpoint.enable_version_counter": False,
                 "checkpoint.save_top_k": 0,
                 "lr_monitor.logging_interval": "step",
                 "prediction_writer.output_path": "outputs/predictions.json",
@@ -108,6 +116,47 @@ class HyperETCLI(LightningCLI):
                 ),
             }
         )
+
+    def before_validate(self) -> None:
+        self._say_which_weights()
+
+    def before_test(self) -> None:
+        self._say_which_weights()
+
+    def before_predict(self) -> None:
+        self._say_which_weights()
+
+    def _say_which_weights(self) -> None:
+        """Evaluating without ``--ckpt_path`` is allowed (a base model, zero-shot) but said before the run starts."""
+        if not self.config[self.subcommand].get("ckpt_path") and self.trainer.is_global_zero:
+            print(
+                f"note: {self.subcommand} without --ckpt_path evaluates the model as configured (adapters at their "
+                "initial values), not a trained run; pass --ckpt_path DIR/last.ckpt for a run's weights",
+                file=sys.stderr,
+            )
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("validate", "test"):  # ResultsTable prints the results; --verbose true adds Lightning's
+            parser.set_defaults({"verbose": False})
+        return parser
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        """The trainer with the project's console callbacks: the results table, and the step-aware progress bar
+        unless the progress bar is off or the config names its own."""
+        stage = self.subcommand or "run"
+        subcommand_config = (self.config[self.subcommand] if self.subcommand else self.config).as_dict()
+        files = [str(path) for path in subcommand_config.get("config") or []]
+        loggers = config.get("logger")
+        name_runs(loggers if isinstance(loggers, list) else [loggers], files, stage)
+        tags = run_tags(subcommand_config, stage, files, self._fit_run_id)
+        callbacks = [*callbacks, ResultsTable(), RunRecord(run_params(subcommand_config), tags)]
+        configured = config.get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        own_bar = any(isinstance(c, ProgressBar) for c in [*configured, *callbacks])
+        if config.get("enable_progress_bar", True) is not False and not own_bar:
+            callbacks.append(StepProgressBar())
+        return super()._instantiate_trainer(config, callbacks)
 
     def _parse_ckpt_path(self) -> None:
         """Compare ``--ckpt_path``'s stored hyper-parameters with the configured model instead of merging them in.
@@ -123,7 +172,9 @@ class HyperETCLI(LightningCLI):
             return
         model_config = self.config[subcommand]["model"].as_dict()
         module_class = import_class(model_config["class_path"])
-        stored = stored_hparams(read_checkpoint(ckpt_path, mmap=True), module_class, ckpt_path)
+        checkpoint = read_checkpoint(ckpt_path, mmap=True)
+        self._fit_run_id = checkpoint.get(FIT_RUN_KEY)
+        stored = stored_hparams(checkpoint, module_class, ckpt_path)
         layout, other = compare_hparams(stored, model_config.get("init_args", {}), module_class)
         if layout:
             lines = "; ".join(f"{key}: checkpoint {a!r}, configured {b!r}" for key, a, b in layout)

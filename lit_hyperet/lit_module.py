@@ -9,6 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.loggers import MLFlowLogger
 from torch import nn
 
 from lit_hyperet.checkpoints import CheckpointError, module_from_checkpoint
@@ -23,6 +24,7 @@ from lit_hyperet.non_finite import (
     all_ranks_finite,
     stop_message,
 )
+from lit_hyperet.run_record import FIT_RUN_KEY
 from lit_hyperet.schedule import WarmupCosineLR
 from lit_hyperet.sharding import gathered, shard_model
 from lit_hyperet.user_errors import ConfigError
@@ -116,7 +118,8 @@ class HyperETLitModule(pl.LightningModule):
         max_skipped_steps: int = 10,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # Not logged as they are (internal keys, the optimiser's unused lr): RunRecord logs the values used.
+        self.save_hyperparameters(logger=False)
         # LightningCLI hands over its parsed (plain) config; objects built in Python are converted so that checkpoints
         # load with torch.load(weights_only=True).
         for key, value in list(self.hparams.items()):
@@ -205,6 +208,9 @@ class HyperETLitModule(pl.LightningModule):
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint[SKIPPED_STEPS_KEY] = self.skipped_steps
+        runs = [logger.run_id for logger in self.loggers if isinstance(logger, MLFlowLogger)]
+        if runs:  # evaluations of this checkpoint tag their MLflow run with it
+            checkpoint[FIT_RUN_KEY] = runs[0]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check the tensors are the configured model's trainable set (naming the file), before Lightning loads them;
