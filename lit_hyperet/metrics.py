@@ -15,7 +15,7 @@ def normalize_text(text: str) -> str:
 
 
 class ExactMatch(Metric):
-    """Fraction of generations equal to the reference after :func:`normalize_text`; ``{"exact_match": t}``.
+    """Percentage (0-100) of generations equal to the reference after :func:`normalize_text`; ``{"exact_match": t}``.
 
     ``update(predictions, meta)`` reads the reference from ``meta[i]["reference"]``. Written here because
     torchmetrics' text metrics compare strings only through edit distances or SQuAD normalisation.
@@ -39,7 +39,7 @@ class ExactMatch(Metric):
         self.total += len(predictions)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """``{"exact_match": correct / total}`` (``NaN`` before any update)."""
+        """``{"exact_match": 100 * correct / total}``, in percent (``NaN`` before any update)."""
         if self.total == 0:
             return {"exact_match": torch.tensor(math.nan, dtype=torch.float64)}
-        return {"exact_match": self.correct.double() / self.total.double()}
+        return {"exact_match": 100.0 * self.correct.double() / self.total.double()}

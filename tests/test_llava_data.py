@@ -147,7 +147,7 @@ def test_generation_batch_is_left_padded_prompt_with_meta(llava_dir: Path, proce
     assert dm.test_dataloader() == []  # a role without a file
     metric = dm.build_metric()
     metric.update(["On the street.", "no"], batch["meta"][:2])
-    assert metric.compute()["exact_match"].item() == 0.5
+    assert metric.compute()["exact_match"].item() == 50.0  # percent
 
 
 def test_pretraining_plain_template_learns_only_caption_and_newline(llava_dir: Path, processor) -> None:

@@ -34,8 +34,9 @@ PROBLEMS = [
 #   NAT {P1 ✓, P4 ✗} 1/2   SOC {P2 ✗, P5 ✗} 0/2   LAN {P3 ✓, P6 ✓} 2/2
 #   TXT {P1 ✓, P4 ✗, P5 ✗} 1/3   IMG {P1 ✓, P2 ✗, P5 ✗, P6 ✓} 2/4   NO {P3 ✓} 1/1
 #   G1-6 {P1 ✓ g3, P4 ✗ g6, P6 ✓ g1} 2/3   G7-12 {P2 ✗ g8, P3 ✓ g12, P5 ✗ g7} 1/3   Avg 3/6
-EXPECTED = {"NAT": 1 / 2, "SOC": 0.0, "LAN": 1.0, "TXT": 1 / 3, "IMG": 2 / 4, "NO": 1.0, "G1-6": 2 / 3,
-            "G7-12": 1 / 3, "Avg": 3 / 6, "topic/physics": 1.0, "topic/geography": 0.0, "topic/verbs": 1.0,
+# compute() reports percent (0-100), as logged and as scienceqa-score prints.
+EXPECTED = {"NAT": 50.0, "SOC": 0.0, "LAN": 100.0, "TXT": 100 / 3, "IMG": 50.0, "NO": 100.0, "G1-6": 200 / 3,
+            "G7-12": 100 / 3, "Avg": 50.0, "topic/physics": 100.0, "topic/geography": 0.0, "topic/verbs": 100.0,
             "topic/biology": 0.0, "topic/economics": 0.0}  # fmt: skip
 
 
@@ -66,7 +67,7 @@ def test_empty_categories_are_nan_not_a_number_that_looks_like_accuracy() -> Non
     m = meta(0, 2, "natural science", 2, "physics", False, True)
     metric.update(["A"], [m])
     result = metric.compute()
-    assert result["NAT"].item() == 1.0 and result["IMG"].item() == 1.0
+    assert result["NAT"].item() == 100.0 and result["IMG"].item() == 100.0
     for key in ("SOC", "LAN", "TXT", "NO", "G7-12"):
         assert math.isnan(result[key].item()), key
 
@@ -122,7 +123,10 @@ def test_update_with_both_protocols_and_indices() -> None:
 def test_exact_match_normalises_whitespace() -> None:
     metric = ExactMatch()
     metric.update(["a  b\n", "c", "x"], [{"reference": "a b"}, {"reference": " c "}, {"reference": "y"}])
-    assert metric.compute()["exact_match"].item() == pytest.approx(2 / 3)
+    assert metric.compute()["exact_match"].item() == pytest.approx(200 / 3)  # percent: 66.67
+    metric.reset()
+    with pytest.warns(UserWarning, match="called before the ``update``"):
+        assert math.isnan(metric.compute()["exact_match"].item())
 
 
 def test_syncs_across_two_gloo_processes(tmp_path: Path) -> None:
@@ -162,7 +166,7 @@ def test_datamodule_answer_prefix_protocol(tiny_model_dir: Path, demo_data_dir: 
     assert {m["answer_prefix"] for m in batch["meta"]} == {"The answer is"}
     metric = dm.build_metric()
     metric.update([f" {letter}" for letter in _letters(batch["meta"])], batch["meta"])
-    assert metric.compute()["Avg"].item() == 1.0
+    assert metric.compute()["Avg"].item() == 100.0
     wrong = [" " + "ABCDE"[(m["answer"] + 1) % m["num_choices"]] for m in batch["meta"]]
     metric.reset()
     metric.update(wrong, batch["meta"])
@@ -189,5 +193,5 @@ def test_datamodule_generate_protocol(tiny_model_dir: Path, demo_data_dir: Path)
         assert reference.endswith(f"The answer is {letter}.")
     metric = dm.build_metric()
     metric.update(batch["references"], batch["meta"])  # the gold LEA replies parse to the gold answers
-    assert metric.compute()["Avg"].item() == 1.0
+    assert metric.compute()["Avg"].item() == 100.0
     assert torch.equal(metric.total, metric.correct)

@@ -21,10 +21,10 @@ from lit_hyperet import geometry
 from lit_hyperet.hyperet import HyperETConfig
 from lit_hyperet.models.llava import PretrainedLlava, build_llava
 from lit_hyperet.radius import main as radius_main
-from lit_hyperet.radius.analysis import reliability_table
+from lit_hyperet.radius.analysis import reliability_table, run_summary
 from lit_hyperet.radius.command import build_parser
 from lit_hyperet.radius.outputs import write_outputs, write_reliability
-from lit_hyperet.radius.plots import plot_radius
+from lit_hyperet.radius.plots import MAX_BIN_LABELS, bin_labels, plot_radius, plot_reliability, reliability_figure
 from lit_hyperet.radius.runs import ImageRecord, RunResult, RunSpec, build, categories, collect, parse_run, take_first
 from lit_hyperet.radius.tokens import TokenSelection, token_features, token_quantities
 from lit_hyperet.tasks.scienceqa.rules import grade_band
@@ -205,13 +205,41 @@ def test_reliability_table(tmp_path: Path) -> None:
     table = reliability_table([_fake_result("a", 0.0)], bins=5)
     binned = table[table["bin"] != "text-only"]
     assert list(binned["n"]) == [2] * 5
-    assert list(binned["accuracy"]) == [0.0, 0.0, 0.5, 1.0, 1.0]  # the larger-radius half is right
+    assert list(binned["accuracy"]) == [0.0, 0.0, 50.0, 100.0, 100.0]  # percent; the larger-radius half is right
     assert (binned["hi"].to_numpy()[:-1] <= binned["lo"].to_numpy()[1:]).all()
     text_only = table.iloc[-1]
-    assert text_only["bin"] == "text-only" and text_only["accuracy"] == 0.5
+    assert text_only["bin"] == "text-only" and text_only["accuracy"] == 50.0
+    assert run_summary(_fake_result("a", 0.0), [])["counts"]["text_only_accuracy"] == 50.0  # 1 of 2, in percent
     assert list(reliability_table([_fake_result("a", 0.0, n=8)], bins=3)["n"]) == [3, 3, 2, 2]  # equal counts by rank
     markdown = write_reliability(tmp_path / "reliability.md", table, "note").read_text()
-    assert "| a | vision | rad | 1 |" in markdown and "| a | vision | rad | text-only |  |  | 2 | 1 | 0.5 |" in markdown
+    assert "| a | vision | rad | 1 |" in markdown and "| a | vision | rad | text-only |  |  | 2 | 1 | 50 |" in markdown
+    thirds = reliability_table([_fake_result("a", 0.0, n=9)], bins=3)  # images 4-8 right: 0/3, 2/3, 3/3 per bin
+    assert list(thirds["accuracy"]) == pytest.approx([0.0, 200 / 3, 100.0, 50.0])
+
+
+def test_reliability_plot_labels_bins_with_their_radius_ranges(tmp_path: Path) -> None:
+    table = reliability_table([_fake_result("a", 0.0)], bins=5)
+    binned = table[table["bin"] != "text-only"]
+    expected = [f"{b}: {lo:.4g}–{hi:.4g}" for b, lo, hi in zip(binned["bin"], binned["lo"], binned["hi"], strict=True)]
+    assert expected[0].startswith("1: 0.") and bin_labels(table) == dict(enumerate(expected, start=1))
+    ax = reliability_figure(table).axes[0]
+    assert list(ax.get_xticks()) == [1, 2, 3, 4, 5]
+    assert [label.get_text() for label in ax.get_xticklabels()] == expected
+    assert all(label.get_rotation() == 30 for label in ax.get_xticklabels())  # slanted: long labels do not collide
+    assert ax.get_ylabel() == "accuracy (%)" and ax.get_ylim() == (-5, 105)
+    assert [list(line.get_ydata()) for line in ax.get_lines()] == [[0.0, 0.0, 50.0, 100.0, 100.0], [50.0, 50.0]]
+    _assert_png(plot_reliability(table, tmp_path / "reliability.png"))
+    # several runs: each binned on its own, so a bin's label gives every run's range, in the table's run order
+    two = reliability_table([_fake_result("a", 0.0), _fake_result("b", 100.0, n=4)], bins=5)
+    a, b = (two[(two["run"] == run) & (two["bin"] == 1)].iloc[0] for run in ("a", "b"))
+    assert bin_labels(two)[1] == f"1: {a['lo']:.4g}–{a['hi']:.4g} / {b['lo']:.4g}"  # b's bin 1 is one image
+    assert bin_labels(two)[5].endswith(" / —")  # b has 4 images: no fifth bin
+    assert "per run (a / b)" in reliability_figure(two).axes[0].get_xlabel()
+    # many bins: every tick stays, at most MAX_BIN_LABELS of them labelled
+    many = reliability_table([_fake_result("a", 0.0, n=40)], bins=30)
+    texts = [label.get_text() for label in reliability_figure(many).axes[0].get_xticklabels()]
+    assert len(texts) == 30 and 1 < sum(bool(t) for t in texts) <= MAX_BIN_LABELS
+    assert texts[0] == bin_labels(many)[1] and texts[1] == ""
 
 
 def test_written_records_carry_the_official_grade_bands(tmp_path: Path) -> None:

@@ -147,13 +147,13 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize(("name", "content", "fragments"), BAD_INPUTS)
-def test_bad_predictions_exit_non_zero_with_one_line(
+def test_bad_predictions_exit_2_with_one_line(
     files: Path, capsys: pytest.CaptureFixture, name: str, content: str, fragments: list[str]
 ) -> None:
     path = files / name
     path.write_text(content)
     args = ["--problems", str(files / "problems.json"), "--predictions", str(path), "--json", str(files / "o.json")]
-    assert main(args) == 1
+    assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("python -m lit_hyperet scienceqa-score: error: ")
@@ -162,22 +162,57 @@ def test_bad_predictions_exit_non_zero_with_one_line(
     assert not (files / "o.json").exists()
 
 
+def test_predictions_of_another_split_fail_naming_their_split(files: Path, capsys: pytest.CaptureFixture) -> None:
+    # texts.json is for the test split (pid 7 of val, 99 unknown): scoring it as "train" would print a table of zeros.
+    base = ["--problems", str(files / "problems.json"), "--json", str(files / "o.json")]
+    test_only = files / "test_only.json"
+    test_only.write_text(json.dumps({pid: TEXTS[pid] for pid in ("1", "2", "3", "4", "6")}))
+    assert main([*base, "--predictions", str(test_only), "--split", "val"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err == (
+        f"python -m lit_hyperet scienceqa-score: error: {test_only}: none of the 5 predictions is for a pid of split "
+        f"'val'; according to the 'split' field of {files / 'problems.json'} their pids belong to split 'test' "
+        "(5 pids): pass --split test to score them\n"
+    )
+    assert not (files / "o.json").exists()
+    # pid_splits.json decides membership (a pid may be in several splits); pids in no split are counted apart
+    mixed = files / "mixed.json"
+    mixed.write_text(json.dumps({"2": "A", "3": "C", "8": "B", "99": "A"}))
+    splits = ["--splits", str(files / "pid_splits.json")]
+    assert main([*base, "--predictions", str(mixed), *splits, "--split", "val"]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"none of the 4 predictions is for a pid of split 'val'; according to {files / 'pid_splits.json'} their pids "
+        "belong to splits 'test' (2 pids), 'minitest' (2 pids), 'train' (1 pid), and 1 pid to no split: "
+        "pass --split test (or --split minitest, --split train) to score them\n"
+    )
+    (files / "unknown.json").write_text(json.dumps({"99": "A"}))
+    assert main([*base, "--predictions", str(files / "unknown.json")]) == 2
+    assert "the only prediction is not for a pid of split 'test', nor of any split in the 'split' field of" in (
+        capsys.readouterr().err
+    )
+    # the advice works; predictions only partly outside the split are still scored (the rest ignored, with a note)
+    assert score(files, "test_only.json", "--split", "test")["Avg"] == 50.0
+    assert score(files, "texts.json", "--split", "val")["Avg"] == 100.0
+    assert "ignored 6 predictions for pids outside split 'val'" in capsys.readouterr().err
+
+
 def test_bad_problems_and_splits(files: Path, capsys: pytest.CaptureFixture) -> None:
     problems = files / "problems.json"
     base = ["--problems", str(problems), "--predictions", str(files / "texts.json")]
     (files / "missing.json").write_text(json.dumps({"test": ["1", "42"]}))
-    assert main([*base, "--splits", str(files / "missing.json")]) == 1
+    assert main([*base, "--splits", str(files / "missing.json")]) == 2
     assert f"{files / 'missing.json'}: split 'test': pid 42 is not in {problems}" in capsys.readouterr().err
-    assert main([*base, "--split", "dev"]) == 1
+    assert main([*base, "--split", "dev"]) == 2
     assert "no problem has split 'dev'; present: ['test', 'train', 'val']" in capsys.readouterr().err
-    assert main([*base, "--splits", str(files / "pid_splits.json"), "--split", "dev"]) == 1
+    assert main([*base, "--splits", str(files / "pid_splits.json"), "--split", "dev"]) == 2
     assert "no split 'dev'; available: train, val, test, minitest" in capsys.readouterr().err
     broken = dict(PROBLEMS, **{"3": {**PROBLEMS["3"], "answer": 4}})
     problems.write_text(json.dumps(broken))
-    assert main(base) == 1
+    assert main(base) == 2
     err = capsys.readouterr().err
     assert f"{problems}: pid 3: field 'answer': index 4 out of range for 4 choices" in err and err.count("\n") == 1
-    assert main(["--problems", str(files / "nope.json"), "--predictions", str(files / "texts.json")]) == 1
+    assert main(["--problems", str(files / "nope.json"), "--predictions", str(files / "texts.json")]) == 2
     assert f"{files / 'nope.json'}: file not found" in capsys.readouterr().err
 
 
@@ -195,7 +230,7 @@ def test_command_line_through_the_dispatcher(files: Path) -> None:
     assert light.stdout.strip() == "[]", light.stderr  # fast startup: no torch, transformers or Lightning
     (files / "bad.json").write_text('{"results": {"1": 0, "2": 7}}')
     bad = subprocess.run([*command, "--predictions", str(files / "bad.json")], capture_output=True, text=True)
-    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines() == [
         f"python -m lit_hyperet scienceqa-score: error: {files / 'bad.json'}: pid 2: field 'results': "
         "answer index 7 out of range for 2 choices (-1 means no answer)"

@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from lit_hyperet.sweep import SweepError, expand, load_sweep, main
+from lit_hyperet.sweep.report import chart_figure, collect
+from lit_hyperet.sweep.runner import Tracker, main_metric_summary
 from lit_hyperet.sweep.spec import trial_tags
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*noload.*:DeprecationWarning")  # MLflow's sqlalchemy store
@@ -278,7 +280,7 @@ def test_report_from_runs_in_a_sqlite_store(tmp_path: Path, base_config: Path, u
     parent = client.create_run(exp_id, tags={"sweep.name": "rep", "sweep.role": "parent"}).info.run_id
     # n = 64, 4 adapted matrices: block size 4 -> 256 per matrix, banded d = 2 -> 5n - 6 = 314
     setups = {
-        "baseline": ({"hyperet": "None", "params/hyperet": "0", "params/hyperet_adapted_modules": "0"}, 1000, 0.50),
+        "baseline": ({"hyperet": "None", "params/hyperet": "0", "params/hyperet_adapted_modules": "0"}, 1000, 50.0),
         "variant=block4": (
             {
                 "hyperet/variant": "block_diagonal",
@@ -288,7 +290,7 @@ def test_report_from_runs_in_a_sqlite_store(tmp_path: Path, base_config: Path, u
                 "params/hyperet_adapted_modules": "4",
             },
             2024,
-            0.60,
+            60.0,
         ),
         "variant=banded2": (
             {
@@ -298,7 +300,7 @@ def test_report_from_runs_in_a_sqlite_store(tmp_path: Path, base_config: Path, u
                 "params/hyperet_adapted_modules": "4",
             },
             2256,
-            0.55,
+            55.0,
         ),
     }
     for trial in trials:
@@ -308,11 +310,11 @@ def test_report_from_runs_in_a_sqlite_store(tmp_path: Path, base_config: Path, u
         extra = {"params/trainable": str(trainable), "model/init_args/vision": "clip", "hyperet/space": "hyperbolic"}
         for key, value in (params | extra).items():
             client.log_param(run_id, key, value)
-        delta = 0.02 * trial.seed  # seeds 0, 1 -> acc, acc + 0.02
+        delta = 2.0 * trial.seed  # seeds 0, 1 -> acc, acc + 2 (accuracies are logged in percent)
         client.log_metric(run_id, "test/Avg", acc + delta)
         client.log_metric(run_id, "test/NAT", acc)
         client.log_metric(run_id, "val/Avg", acc)
-        client.log_metric(run_id, "val/topic/physics", 0.1)
+        client.log_metric(run_id, "val/topic/physics", 10.0)
         if trial.config_name != "baseline":
             client.log_metric(run_id, "hyperet/identity_deviation_max", 1e-7 * (1 + trial.seed))
             client.log_metric(run_id, "hyperet/clamp_fraction_mean", 0.0)
@@ -325,19 +327,37 @@ def test_report_from_runs_in_a_sqlite_store(tmp_path: Path, base_config: Path, u
     described = (block["variant"], block["block_size"], block["num_blocks"], block["n"])
     assert described == ("block_diagonal", "4", "16", "64")
     assert block["delta_params"] == "1024" and rows["variant=banded2"]["band_width"] == "2"
-    assert float(block["test/Avg_mean"]) == pytest.approx(0.61)
-    assert float(block["test/Avg_std"]) == pytest.approx(0.0141421, rel=1e-4)
-    assert float(block["delta_test/Avg"]) == pytest.approx(0.10)
+    assert float(block["test/Avg_mean"]) == pytest.approx(61.0)  # as logged: percent
+    assert float(block["test/Avg_std"]) == pytest.approx(1.41421, rel=1e-4)
+    assert float(block["delta_test/Avg"]) == pytest.approx(10.0)
     assert float(block["identity_deviation_max"]) == pytest.approx(2e-7)
     assert "val/topic/physics_mean" not in block
     md = (out / "ablation.md").read_text()
     row = "| variant=block4 | block_diagonal | — | 4 | 16 | hyperbolic | tiny-clip | 64 | 4 | 1,024 | 2,024 | +1,024 |"
     assert row in md
     assert "61.00 ± 1.41" in md and "+10.00" in md
+    # every accuracy column as logged (percent), none scaled: baseline test/NAT 50, test/Avg 50 and 52, val/Avg 50
+    assert "| 50.00 ± 0.00 | 51.00 ± 1.41 | 50.00 ± 0.00 | +0.00 |" in md
     assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+    report = collect(sweep, trials, Tracker(sweep, uri), parent)
+    ax = chart_figure(report).axes[0]
+    bars = [patch.get_width() for patch in ax.patches]
+    assert bars == pytest.approx([51.0, 61.0, 56.0])  # the test/Avg means, in percent as logged
+    assert ax.get_xlabel() == "test/Avg (%), mean ± std over seeds"
     artifacts = {a.path for a in client.list_artifacts(parent)}
     assert {"ablation.md", "ablation.csv", "ablation.png"} <= artifacts
     assert "variant=banded2" in capsys.readouterr().out
+
+
+def test_trial_summary_line_prints_accuracies_in_percent() -> None:
+    # what the runner prints after each trial: the metrics are logged in percent and printed with two decimals
+    metrics = {"test/Avg": 10.416666, "val/Avg": 12.5, "val/exact_match": 200 / 3, "val/loss": 0.123456}
+    assert main_metric_summary(metrics) == ", test/Avg=10.42"
+    assert main_metric_summary({"val/Avg": 12.5}) == ", val/Avg=12.50"
+    assert main_metric_summary(metrics, "val/exact_match") == ", val/exact_match=66.67"
+    assert main_metric_summary(metrics, "val/loss") == ", val/loss=0.1235"  # not an accuracy: as before
+    assert main_metric_summary(metrics, "test/NAT") == ", test/Avg=10.42"  # the sweep's metric was not logged
+    assert main_metric_summary({"train/loss": 1.0}) == ""
 
 
 # ------------------------------------------------------------------------------------------------ end to end

@@ -30,7 +30,7 @@ GROUP_COLUMNS: tuple[str, ...] = (
     *(f"{q}_{s}" for q in QUANTITIES for s in ("mean", "std", "q50")),
     "rad_mean_ratio_to_first",
 )
-#: Columns of the accuracy-per-radius-bin table (``reliability.csv`` / ``reliability.md``).
+#: Columns of the accuracy-per-radius-bin table (``reliability.csv`` / ``reliability.md``; ``accuracy`` in %).
 RELIABILITY_COLUMNS: tuple[str, ...] = ("run", "source", "quantity", "bin", "lo", "hi", "n", "correct", "accuracy")
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -107,7 +107,8 @@ def image_table(results: Sequence[RunResult]) -> pd.DataFrame:
 
 
 def run_summary(res: RunResult, group_by: Sequence[str]) -> dict[str, Any]:
-    """Counts and, per group and source, token-level and per-image-mean statistics of every quantity."""
+    """Counts (with ``text_only_accuracy`` in percent when answers were scored) and, per group and source,
+    token-level and per-image-mean statistics of every quantity."""
     out: dict[str, Any] = {
         "configs": res.configs,
         "ckpt": res.ckpt,
@@ -133,7 +134,7 @@ def run_summary(res: RunResult, group_by: Sequence[str]) -> dict[str, Any]:
                 entry[s][q] = {"tokens": token_stats[q].to_dict(), "image_mean": mean_stats[q].to_dict()}
         out["groups"][name] = entry
     if res.text_only_correct:
-        out["counts"]["text_only_accuracy"] = sum(res.text_only_correct) / len(res.text_only_correct)
+        out["counts"]["text_only_accuracy"] = 100.0 * sum(res.text_only_correct) / len(res.text_only_correct)
     return out
 
 
@@ -200,8 +201,9 @@ def reliability_table(
     results: Sequence[RunResult], bins: int = 5, source: str = "vision", quantity: str = "rad"
 ) -> pd.DataFrame:
     """Per run: images sorted by their mean token ``quantity`` and split into ``bins`` equal-count bins (the radius
-    quantile bins); each row gives the bin's value range, size, correct count and accuracy. Text-only samples (no
-    radius) get one extra row ``bin = "text-only"``. Records without a correctness flag are left out."""
+    quantile bins); each row gives the bin's value range, size, correct count and accuracy in percent (0-100).
+    Text-only samples (no radius) get one extra row ``bin = "text-only"``. Records without a correctness flag are
+    left out."""
     if bins < 1:
         raise ConfigError(f"bins must be >= 1, got {bins}")
     parts = []
@@ -226,5 +228,5 @@ def reliability_table(
     if not parts:
         return pd.DataFrame(columns=list(RELIABILITY_COLUMNS))
     table = pd.concat(parts, ignore_index=True).assign(source=source, quantity=quantity)
-    table["accuracy"] = table["correct"] / table["n"]
+    table["accuracy"] = 100.0 * table["correct"] / table["n"]
     return table[list(RELIABILITY_COLUMNS)]

@@ -76,8 +76,8 @@ def write_outputs(
         written["reliability_csv"] = write_csv(out / RELIABILITY_CSV, bins)
         note = (
             f"Images sorted by their mean vision-token `{args.bin_quantity}` "
-            f"({FORMULAS[args.bin_quantity]}) and split into {args.bins} equal-count bins per run; accuracy of "
-            "the greedy answer (ScienceQA answer extraction) per bin. `text-only`: samples without an image."
+            f"({FORMULAS[args.bin_quantity]}) and split into {args.bins} equal-count bins per run; accuracy (%) "
+            "of the greedy answer (ScienceQA answer extraction) per bin. `text-only`: samples without an image."
         )
         written["reliability_md"] = write_reliability(out / RELIABILITY_MD, bins, note)
         written["reliability_plot"] = plots.plot_reliability(bins, out / plots.RELIABILITY_PNG)

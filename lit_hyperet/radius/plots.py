@@ -1,8 +1,9 @@
 """The PNG outputs: token-radius histograms and per-group violins (runs side by side) in ``radius.png``, and accuracy
-per radius quantile bin in ``reliability.png``."""
+(%) per radius quantile bin, each bin labelled with its radius range, in ``reliability.png``."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from lit_hyperet.radius.analysis import groups, image_means, token_values  # noqa: E402
 from lit_hyperet.radius.runs import RunResult  # noqa: E402
@@ -104,11 +106,39 @@ def _violins(
     ax.legend(fontsize=8)
 
 
-def plot_reliability(table: pd.DataFrame, path: Path) -> Path:
-    """Accuracy per radius quantile bin (:func:`lit_hyperet.radius.analysis.reliability_table`), one line per run
-    (text-only accuracy as a dashed horizontal line)."""
+#: Bins labelled on the reliability plot's x axis; with more, every k-th bin keeps its label (all keep their tick).
+MAX_BIN_LABELS = 12
+
+
+def bin_labels(table: pd.DataFrame) -> dict[int, str]:
+    """``{bin: "1: 3.1–4.2"}``: each radius quantile bin of a reliability table
+    (:func:`lit_hyperet.radius.analysis.reliability_table`) with the range of per-image mean radius it covers (its
+    ``lo``–``hi``, four significant digits; one value when they print alike). Every run is binned on its own, so with
+    several runs the label joins their ranges with `` / `` in the table's run order (``—`` for a run without that
+    bin)."""
+    binned = table[table["bin"] != "text-only"]
+    runs = list(dict.fromkeys(binned["run"]))
+    numbers = binned["bin"].astype(int)
+    labels: dict[int, str] = {}
+    for number in sorted(set(numbers)):
+        rows = binned[numbers == number]
+        ranges = []
+        for run in runs:
+            row = rows[rows["run"] == run]
+            lo, hi = (f"{row[end].iloc[0]:.4g}" for end in ("lo", "hi")) if len(row) else ("—", "—")
+            ranges.append(lo if lo == hi else f"{lo}–{hi}")
+        labels[number] = f"{number}: {' / '.join(ranges)}"
+    return labels
+
+
+def reliability_figure(table: pd.DataFrame) -> Figure:
+    """The figure of :func:`plot_reliability`: accuracy (%) per radius quantile bin, one line per run (text-only
+    accuracy as a dashed horizontal line); the x ticks are the bins labelled with their radius ranges
+    (:func:`bin_labels`), slanted, and thinned to at most :data:`MAX_BIN_LABELS` labels."""
     runs = list(dict.fromkeys(table["run"]))
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig = Figure(figsize=(7, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     for run, colour in zip(runs, _colours(len(runs)), strict=True):
         rows = table[table["run"] == run]
         binned = rows[rows["bin"] != "text-only"]
@@ -123,13 +153,22 @@ def plot_reliability(table: pd.DataFrame, path: Path) -> Path:
         for r in rows[rows["bin"] == "text-only"].itertuples():
             ax.axhline(r.accuracy, color=colour, linestyle="--", linewidth=1, label=f"{run} text-only (n={r.n})")
     quantity = table["quantity"].iloc[0] if len(table) else "rad"
-    ax.set_xlabel(f"radius quantile bin (1 = lowest mean {quantity})")
-    ax.set_ylabel("accuracy")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(-0.05, 1.05)
+    labels = bin_labels(table)
+    if labels:
+        step = math.ceil(len(labels) / MAX_BIN_LABELS)
+        shown = [text if i % step == 0 else "" for i, text in enumerate(labels.values())]
+        ax.set_xticks(list(labels), shown, rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
+    several = f" per run ({' / '.join(runs)})" if len(runs) > 1 else ""
+    ax.set_xlabel(f"radius quantile bin (1 = lowest mean {quantity}): {quantity} range{several}")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-5, 105)
     ax.set_title("Accuracy per hyperbolic-radius bin")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def plot_reliability(table: pd.DataFrame, path: Path) -> Path:
+    """``reliability.png``: accuracy (%) per radius quantile bin (:func:`reliability_figure`)."""
+    reliability_figure(table).savefig(path, dpi=110)
     return path

@@ -23,14 +23,16 @@ from lit_hyperet.tables import markdown_table
 from lit_hyperet.tasks.scienceqa.rules import CATEGORIES
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
     from mlflow.entities import Run
 
     from lit_hyperet.sweep.runner import Tracker
 
-#: ScienceQA categories in the paper's column order (metrics are logged as fractions).
+#: The splits whose metrics become table columns (ScienceQA accuracies are logged in percent, 0-100).
 SPLITS = ("test", "val")
 DEVIATION = "hyperet/identity_deviation_max"
 CLAMP = "hyperet/clamp_fraction_mean"
+EXACT_MATCH = "exact_match"  # lit_hyperet.metrics.ExactMatch, the metric of tasks without their own
 DASH = "—"
 
 
@@ -266,18 +268,19 @@ def matrix_size(info: dict[str, Any], learn_curvature: bool = False) -> int | No
 # ------------------------------------------------------------------------------------------------ formatting
 
 
-def _is_accuracy(name: str) -> bool:
+def is_accuracy(name: str) -> bool:
+    """An accuracy (``test/Avg``, ``val/NAT`` …, ``val/exact_match``): logged in percent, shown with two decimals."""
     split, _, category = name.partition("/")
-    return split in SPLITS and category in CATEGORIES
+    return split in SPLITS and (category in CATEGORIES or category == EXACT_MATCH)
 
 
 def fmt_metric(name: str, stat: tuple[float, float, int] | None) -> str:
-    """``mean ± std`` (accuracies in %; no ± for one seed)."""
+    """``mean ± std`` (accuracies as logged, in %, with two decimals; no ± for one seed)."""
     if stat is None:
         return DASH
     mean, std, n = stat
-    if _is_accuracy(name):
-        return f"{100 * mean:.2f} ± {100 * std:.2f}" if n > 1 else f"{100 * mean:.2f}"
+    if is_accuracy(name):
+        return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
     return f"{mean:.4g} ± {std:.2g}" if n > 1 else f"{mean:.4g}"
 
 
@@ -327,7 +330,7 @@ def table_columns(report: Report) -> list[tuple[str, Any]]:
                 lambda r: (
                     DASH
                     if r.delta_main is None
-                    else (f"{100 * r.delta_main:+.2f}" if _is_accuracy(main) else f"{r.delta_main:+.4g}")
+                    else (f"{r.delta_main:+.2f}" if is_accuracy(main) else f"{r.delta_main:+.4g}")
                 ),
             )
         )
@@ -374,7 +377,7 @@ def to_markdown(report: Report) -> str:
 
 
 def csv_rows(report: Report) -> list[dict[str, Any]]:
-    """Machine-readable rows (metrics as logged: fractions)."""
+    """Machine-readable rows (metrics as logged: accuracies in percent)."""
     out = []
     for row in report.rows:
         item: dict[str, Any] = {"configuration": row.name, "baseline": row.is_baseline}
@@ -415,37 +418,43 @@ def write_csv(report: Report, path: Path) -> None:
 
 
 def write_chart(report: Report, path: Path) -> None:
-    """A horizontal bar chart of the main metric per configuration (mean with std error bars; Agg backend)."""
+    """``ablation.png``: the chart of :func:`chart_figure`."""
+    chart_figure(report).savefig(path, dpi=120)
+
+
+def chart_figure(report: Report) -> Figure:
+    """A horizontal bar chart of the main metric per configuration (mean with std error bars, as logged: accuracies in
+    percent; Agg backend)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     metric = report.main_metric
     rows = [r for r in report.rows if metric and metric in r.stats]
-    scale = 100.0 if metric and _is_accuracy(metric) else 1.0
+    percent = bool(metric and is_accuracy(metric))
     fig = Figure(figsize=(8, 1.2 + 0.35 * max(len(rows), 1)), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     if rows:
-        means = [scale * r.stats[metric][0] for r in rows]
-        stds = [scale * r.stats[metric][1] for r in rows]
+        means = [r.stats[metric][0] for r in rows]
+        stds = [r.stats[metric][1] for r in rows]
         colors = ["0.6" if r.is_baseline else "tab:blue" for r in rows]
         ax.barh(range(len(rows)), means, xerr=stds, color=colors, capsize=3)
         ax.set_yticks(range(len(rows)), [r.name for r in rows], fontsize=8)
         ax.invert_yaxis()
         base = next((r for r in rows if r.is_baseline), None)
         if base is not None:
-            ax.axvline(scale * base.stats[metric][0], color="0.3", linestyle="--", linewidth=1, label="baseline")
+            ax.axvline(base.stats[metric][0], color="0.3", linestyle="--", linewidth=1, label="baseline")
             ax.legend(loc="lower right", fontsize=8)
         low = min(m - s for m, s in zip(means, stds, strict=True))
         high = max(m + s for m, s in zip(means, stds, strict=True))
-        pad = max(0.05 * (high - low), 0.5 if scale == 100.0 else 1e-3)
+        pad = max(0.05 * (high - low), 0.5 if percent else 1e-3)
         ax.set_xlim(max(0.0, low - pad) if low >= 0 else low - pad, high + pad)
     else:
         ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
-    unit = " (%)" if scale == 100.0 else ""
+    unit = " (%)" if percent else ""
     ax.set_xlabel(f"{metric}{unit}, mean ± std over seeds" if metric else "")
     ax.set_title(f"{report.sweep.name}")
-    fig.savefig(path, dpi=120)
+    return fig
 
 
 def write_report(report: Report, out_dir: Path) -> list[Path]:

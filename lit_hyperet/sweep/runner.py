@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from lit_hyperet.mlflow_store import tracking_uri
+from lit_hyperet.sweep.report import is_accuracy
 from lit_hyperet.sweep.spec import (
     Sweep,
     Trial,
@@ -217,6 +218,16 @@ def find_checkpoint(trial: Trial) -> Path | None:
 # ------------------------------------------------------------------------------------------------ the sweep
 
 
+def main_metric_summary(metrics: dict[str, float], metric: str | None = None) -> str:
+    """``", test/Avg=49.17"``: ``metric`` (the sweep's), else test/Avg, else val/Avg, whichever the run logged first;
+    accuracies are logged in percent and printed with two decimals, other metrics with four significant digits.
+    Empty when the run logged none of them."""
+    name = next((m for m in (metric, "test/Avg", "val/Avg") if m and m in metrics), None)
+    if name is None:
+        return ""
+    return f", {name}={metrics[name]:.2f}" if is_accuracy(name) else f", {name}={metrics[name]:.4g}"
+
+
 class SweepRunner:
     """Runs trials one after another (each as fresh subprocesses) and keeps MLflow up to date."""
 
@@ -251,12 +262,10 @@ class SweepRunner:
         return outcomes
 
     def _main_metric(self, run_id: str | None) -> str:
-        """``", test/Avg=0.49"`` (the sweep's metric, else test/Avg or val/Avg) when the run logged it."""
+        """``", test/Avg=49.17"`` (see :func:`main_metric_summary`) when the run logged its main metric."""
         if run_id is None:
             return ""
-        metrics = self.tracker.client.get_run(run_id).data.metrics
-        name = next((m for m in (self.sweep.metric, "test/Avg", "val/Avg") if m and m in metrics), None)
-        return f", {name}={metrics[name]:.4g}" if name else ""
+        return main_metric_summary(self.tracker.client.get_run(run_id).data.metrics, self.sweep.metric)
 
     def run_trial(self, trial: Trial, parent_id: str, attempt: int = 1) -> TrialOutcome:
         """Create the child run, run ``fit`` (then ``test``), record the outcome."""

@@ -6,8 +6,10 @@ G7-12 by the number in ``gradeN``; Avg = all; plus ``topic/<topic>`` for the 26 
 the answer extraction live in :mod:`lit_hyperet.tasks.scienceqa.rules` (plain Python, shared with the
 ``scienceqa-score`` command).
 
-Empty groups: ``compute()`` reports the nine main categories always, as ``NaN`` when the group is empty (the official
-script prints -1; ``NaN`` cannot be mistaken for an accuracy); ``topic/*`` keys appear only for topics seen.
+Accuracies are in percent (0-100), as the official script and ``scienceqa-score`` print them; the LightningModule
+logs them as they are (``val/Avg``, ``test/NAT`` …). Empty groups: ``compute()`` reports the nine main categories
+always, as ``NaN`` when the group is empty (the official script prints -1; ``NaN`` cannot be mistaken for an
+accuracy); ``topic/*`` keys appear only for topics seen.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from lit_hyperet.tasks.scienceqa.rules import CATEGORIES, GROUP_INDEX, GROUPS, M
 
 
 class ScienceQAAccuracy(Metric):
-    """Accuracy per official ScienceQA category and topic; ``compute()`` → ``{"NAT": t, …, "topic/physics": t}``.
+    """Accuracy (%) per official ScienceQA category and topic; ``compute()`` → ``{"NAT": t, …, "topic/physics": t}``.
 
     ``update(predictions, meta)``: generated texts (new tokens only) and per-sample meta with the keys of
     ``ScienceQAProblem.meta()`` (``answer``, ``num_choices``, ``subject``, ``grade``, ``topic``, ``has_text``,
@@ -71,8 +73,8 @@ class ScienceQAAccuracy(Metric):
         return {g: (int(c), int(t)) for g, c, t in zip(GROUPS, self.correct.tolist(), self.total.tolist(), strict=True)}
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """Fractions in [0, 1]: the nine categories always (``NaN`` if empty), ``topic/*`` only where non-empty."""
-        acc = self.correct.double() / self.total.double()
+        """Percentages (0-100): the nine categories always (``NaN`` if empty), ``topic/*`` only where non-empty."""
+        acc = 100.0 * self.correct.double() / self.total.double()
         out = {}
         for i, group in enumerate(GROUPS):
             if group in CATEGORIES or self.total[i] > 0:

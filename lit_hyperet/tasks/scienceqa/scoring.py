@@ -14,8 +14,9 @@ Texts are parsed exactly as :class:`lit_hyperet.tasks.scienceqa.metric.ScienceQA
 a letter beyond the choices or no parse is wrong, never a random guess); pass ``--answer-prefix "The answer is"`` for
 texts generated with the answer-prefix protocol, as the metric does. The split's pids come from ``--splits`` when given,
 else from each problem's ``split`` field; ``count`` is the number of problems in the split. Pids of the split without a
-prediction count as wrong (and are reported on stderr); predictions for other pids are ignored. Images are never opened.
-Torch-free, so it starts fast.
+prediction count as wrong (and are reported on stderr); predictions for other pids are ignored. Predictions none of
+which is for a pid of the split (another split's file) are an error naming the splits their pids belong to. Bad input
+ends with one line on stderr and exit status 2. Images are never opened. Torch-free, so it starts fast.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +114,68 @@ def split_problems(
     return selected
 
 
+def prediction_splits(
+    pids: Iterable[str], problems: dict[str, ScienceQAProblem], splits_path: Path | None
+) -> tuple[dict[str, int], int]:
+    """``({split: number of pids in it}, number of pids in no split)`` for ``pids``, the splits with the most pids
+    first: from pid_splits.json when given (a pid may be in several of its splits), else each problem's ``split``
+    field (a pid that is no problem is in no split)."""
+    ordered_pids = list(dict.fromkeys(pids))
+    wanted = set(ordered_pids)
+    counts: dict[str, int] = {}
+    placed: set[str] = set()
+    if splits_path is not None:
+        for name, members in read_pid_splits(splits_path).items():
+            found = wanted.intersection(members)
+            if found:
+                counts[name] = len(found)
+                placed |= found
+    else:
+        for pid in ordered_pids:
+            name = problems[pid].split if pid in problems else ""
+            if name:
+                counts[name] = counts.get(name, 0) + 1
+                placed.add(pid)
+    ordered = dict(sorted(counts.items(), key=lambda item: -item[1]))  # stable: ties keep their order
+    return ordered, len(wanted - placed)
+
+
+def check_predictions_in_split(
+    predictions: dict[str, Prediction],
+    selected: list[ScienceQAProblem],
+    split: str,
+    problems: dict[str, ScienceQAProblem],
+    predictions_path: Path,
+    problems_path: Path,
+    splits_path: Path | None,
+) -> None:
+    """A ``DataError`` when there are predictions and none is for a pid of ``split``: scoring them would print a
+    table of zeros. The message names the splits the predictions' pids belong to and the ``--split`` to pass."""
+    in_split = {p.pid for p in selected}
+    if not predictions or any(pid in in_split for pid in predictions):
+        return
+    counts, unplaced = prediction_splits(predictions, problems, splits_path)
+    source = splits_path if splits_path is not None else f"the 'split' field of {problems_path}"
+    subject = f"none of the {len(predictions)} predictions is" if len(predictions) > 1 else "the only prediction is not"
+    head = f"{predictions_path}: {subject} for a pid of split {split!r}"
+    if not counts:
+        also = " and --splits" if splits_path is not None else ""
+        raise DataError(f"{head}, nor of any split in {source}: check that --problems{also} match the predictions")
+    plural = "s" if len(counts) > 1 else ""
+    named = ", ".join(f"{name!r} ({_pids(n)})" for name, n in counts.items())
+    rest = f", and {_pids(unplaced)} to no split" if unplaced else ""
+    first, *others = counts
+    alternatives = f" (or {', '.join(f'--split {name}' for name in others)})" if others else ""
+    raise DataError(
+        f"{head}; according to {source} their pids belong to split{plural} {named}{rest}: "
+        f"pass --split {first}{alternatives} to score them"
+    )
+
+
+def _pids(n: int) -> str:
+    return f"{n} pid{'s' if n != 1 else ''}"
+
+
 def score(
     problems: list[ScienceQAProblem], predictions: dict[str, Prediction], source: str | Path, answer_prefix: str = ""
 ) -> tuple[dict[str, tuple[int, int]], list[str], int]:
@@ -168,6 +232,9 @@ def run(args: argparse.Namespace) -> int:
     problems = read_problems(problems_path, require_split=splits_path is None)
     selected = split_problems(problems, args.split, problems_path, splits_path)
     predictions = read_predictions(predictions_path)
+    check_predictions_in_split(
+        predictions, selected, args.split, problems, predictions_path, problems_path, splits_path
+    )
     counts, missing, unparsed = score(selected, predictions, predictions_path, args.answer_prefix)
     in_split = {p.pid for p in selected}
     ignored = sum(pid not in in_split for pid in predictions)
@@ -194,7 +261,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m lit_hyperet scienceqa-score``; bad input → exit 1 with a one-line message."""
+    """Entry point of ``python -m lit_hyperet scienceqa-score``; bad input → exit 2 with a one-line message (the
+    status of every user error of ``python -m lit_hyperet``, and of argparse's usage errors)."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Score ScienceQA predictions with the official categories (NAT SOC LAN TXT IMG NO G1-6 G7-12 Avg). "
@@ -215,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         message = " ".join(str(exc).splitlines())
         print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 1
+        return 2
 
 
 if __name__ == "__main__":
