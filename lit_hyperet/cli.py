@@ -17,6 +17,7 @@ from lit_hyperet.callbacks import PredictionWriter
 from lit_hyperet.checkpoints import CheckpointError, compare_hparams, read_checkpoint, stored_hparams
 from lit_hyperet.class_paths import import_class
 from lit_hyperet.cli_errors import TRACEBACK_ENV, short_error
+from lit_hyperet.cli_help import EpilogHelpFormatter, add_options_epilog
 from lit_hyperet.lit_module import HyperETLitModule
 from lit_hyperet.mlflow_store import prepare_tracking_store, tracking_uri
 from lit_hyperet.progress import StepProgressBar
@@ -87,6 +88,7 @@ class HyperETCLI(LightningCLI):
         """The root and subcommand parsers: short errors, and ``python -m lit_hyperet`` as the program name."""
         kwargs.setdefault("prog", PROG)
         kwargs.setdefault("allow_abbrev", False)  # "--trainer.max_step" is a typo, not "--trainer.max_steps"
+        kwargs.setdefault("formatter_class", EpilogHelpFormatter)
         return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -139,6 +141,7 @@ class HyperETCLI(LightningCLI):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand in ("validate", "test"):  # ResultsTable prints the results; --verbose true adds Lightning's
             parser.set_defaults({"verbose": False})
+        add_options_epilog(parser)
         return parser
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:

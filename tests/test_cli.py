@@ -59,6 +59,23 @@ def test_help_lists_tools_and_lightning_commands(capsys: pytest.CaptureFixture) 
         assert command in out
 
 
+@pytest.mark.parametrize("subcommand", ["fit", "test"])
+def test_subcommand_help_lists_every_hyperet_and_lora_option(subcommand: str, capsys: pytest.CaptureFixture) -> None:
+    import dataclasses
+
+    from lit_hyperet.hyperet import HyperETConfig
+    from lit_hyperet.models.llava import LoraSettings
+
+    with pytest.raises(SystemExit):
+        cli_main([subcommand, "--help"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m lit_hyperet [options] {subcommand}")
+    for prefix, cls in (("hyperet", HyperETConfig), ("lora", LoraSettings)):
+        for field in dataclasses.fields(cls):
+            assert f"  --model.init_args.{prefix}.{field.name}  " in out
+    assert "  --model.init_args.hyperet.variant  diagonal | block_diagonal | banded | full (default diagonal)" in out
+
+
 @pytest.mark.parametrize(
     ("subcommand", "extra"),
     [
