@@ -237,3 +237,21 @@ def test_a_mistyped_data_dir_ends_the_run_with_one_line(
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"error: data_dir {missing}: no problems.json") and "make-demo-data" in last
     assert not missing.exists()
+
+
+def test_bad_data_ends_the_run_with_its_message_not_a_traceback(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from helpers.demo_cli import demo_args
+
+    from lit_hyperet.__main__ import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "problems.json").write_text('{\n "1": {"question": "x",,}\n}')
+    assert main(["fit", *demo_args(tiny_model_dir, data, tmp_path / "out"), "--trainer.max_steps", "1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (  # an uncaught error would end with its type instead
+        f"error: {data / 'problems.json'}: malformed JSON at line 2 column 24: Expecting property name enclosed in "
+        "double quotes"
+    )

@@ -319,7 +319,9 @@ def test_cli_end_to_end(tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Pat
     assert {"radius_images.csv", "radius_summary.json", "radius.png", "reliability.csv"} <= artifacts
 
 
-def test_comparison_one_combined_plot(tmp_path: Path, tiny_model_dirs: dict[str, Path], demo_data_dir: Path) -> None:
+def test_comparison_one_combined_plot(
+    tmp_path: Path, tiny_model_dirs: dict[str, Path], demo_data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = _config(tmp_path, tiny_model_dirs["clip"], demo_data_dir)
     siglip = _config(tmp_path, tiny_model_dirs["siglip"], demo_data_dir, "siglip.yaml", hyperet=False)
     # an "after" checkpoint: HyperET diagonals scaled by 1.5 (trainable tensors only, like training writes)
@@ -348,6 +350,11 @@ def test_comparison_one_combined_plot(tmp_path: Path, tiny_model_dirs: dict[str,
         "--include-cls",
     ]
     assert radius_main(argv) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]
+    assert notes == [
+        f"note: run {name!r} has no checkpoint: measuring the model as configured"
+        for name in ("before", "again", "siglip")
+    ]
     assert sorted(p.name for p in out.glob("*.png")) == ["radius.png"]
     _assert_png(out / "radius.png")
     summary = json.loads((out / "radius_summary.json").read_text())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gc
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -181,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_samples is not None and args.max_samples < 1:
         raise SystemExit("--max-samples must be >= 1")
     specs = specs_from_args(args)
+    for spec in specs:
+        if not spec.ckpt:
+            print(f"note: run {spec.name!r} has no checkpoint: measuring the model as configured", file=sys.stderr)
     selection = TokenSelection(layer=args.layer, include_cls=args.include_cls, projector=args.projector)
     results = [analyse(spec, args, selection) for spec in specs]
     out = Path(args.out) if args.out else default_out(specs)
