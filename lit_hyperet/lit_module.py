@@ -208,8 +208,8 @@ class HyperETLitModule(pl.LightningModule):
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint[SKIPPED_STEPS_KEY] = self.skipped_steps
-        runs = [logger.run_id for logger in self.loggers if isinstance(logger, MLFlowLogger)]
-        if runs:  # evaluations of this checkpoint tag their MLflow run with it
+        runs = [logger.run_id for logger in self.loggers if isinstance(logger, MLFlowLogger) and logger.run_id]
+        if runs:  # evaluations of this checkpoint tag their MLflow run with it (rank 0 holds the run)
             checkpoint[FIT_RUN_KEY] = runs[0]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -135,6 +135,8 @@ class RunRecord(Callback):
         self.params, self.tags = dict(params), dict(tags)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not trainer.is_global_zero:  # the MLflow run lives on rank 0
+            return
         for logger in _mlflow_loggers(trainer):
             for key, value in self.tags.items():
                 logger.experiment.set_tag(logger.run_id, key, value)
@@ -142,7 +144,7 @@ class RunRecord(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         total = [getattr(c.scheduler, "total_steps", None) for c in trainer.lr_scheduler_configs]
-        if total and total[0] is not None:
+        if trainer.is_global_zero and total and total[0] is not None:
             for logger in _mlflow_loggers(trainer):
                 logger.log_hyperparams({"lr_scheduler/total_steps_resolved": total[0]})
 
