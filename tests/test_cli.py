@@ -22,6 +22,11 @@ def config_sets() -> list[list[Path]]:
     """Every YAML under configs/, each in the combination it is meant to be used in."""
     sets = [[CONFIGS / "demo.yaml"]]
     sets += [[CONFIGS / "scienceqa" / "base.yaml", delta] for delta in SCIENCEQA_DELTAS]
+    diagonal = CONFIGS / "scienceqa" / "diagonal.yaml"
+    sets += [
+        [CONFIGS / "scienceqa" / "base.yaml", p, diagonal]
+        for p in sorted((CONFIGS / "scienceqa" / "encoders").glob("*.yaml"))
+    ]
     sets += [[p] for p in sorted((CONFIGS / "llava").glob("*.yaml"))]
     sets += [[CONFIGS / "demo.yaml", p] for p in sorted((CONFIGS / "strategy").glob("*.yaml"))]
     return sets
