@@ -376,3 +376,36 @@ def test_grade_bands_where_radius_groups_by_them(grade: str, band: str | None) -
     """The radius records' ``grade_band`` follows the official rule (grades 1-6 and 7-12)."""
     found = categories({"subject": "natural science", "grade": grade})
     assert found.get("grade_band") == band
+
+
+def test_image_sizes_sweep_the_input_resolution(tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path) -> None:
+    """``--image-sizes`` runs each run once per resolution (CLIP's position embeddings interpolated): the token count
+    follows the resolution (32 px → 4×4 patches, 48 px → 6×6 with the tiny tower's 8 px patches); a runs file can
+    set one run's resolution; accuracy bins at other resolutions are refused."""
+    from lit_hyperet.user_errors import ConfigError
+
+    config = _config(tmp_path, tiny_model_dir, demo_data_dir)
+    out = tmp_path / "sizes"
+    argv = [
+        "--config",
+        str(config),
+        "--max-samples",
+        "4",
+        "--image-sizes",
+        "32",
+        "48",
+        "--out",
+        str(out),
+        "--no-mlflow",
+    ]
+    assert radius_main(argv) == 0
+    with (out / "radius_images.csv").open() as fh:
+        tokens = {(r["run"], r["vision_n_tokens"]) for r in csv.DictReader(fh)}
+    assert tokens == {("cfg@32px", "16"), ("cfg@48px", "36")}
+    runs = tmp_path / "runs.yaml"
+    runs.write_text(yaml.safe_dump({"runs": [{"name": "big", "config": str(config), "image_size": 48}]}))
+    assert radius_main(["--runs", str(runs), "--max-samples", "4", "--out", str(tmp_path / "f"), "--no-mlflow"]) == 0
+    with (tmp_path / "f" / "radius_images.csv").open() as fh:
+        assert {r["vision_n_tokens"] for r in csv.DictReader(fh)} == {"36"}
+    with pytest.raises(ConfigError, match="--image-sizes measures radii only"):
+        radius_main([*argv, "--with-accuracy"])

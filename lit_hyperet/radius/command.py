@@ -20,6 +20,7 @@ from lit_hyperet.radius.runs import (
     SPLITS,
     RunResult,
     RunSpec,
+    at_image_sizes,
     build,
     check_specs,
     collect,
@@ -27,6 +28,7 @@ from lit_hyperet.radius.runs import (
     load_runs_file,
     model_info,
     parse_run,
+    set_image_size,
 )
 from lit_hyperet.radius.tokens import FORMULAS, QUANTITIES, TokenSelection
 from lit_hyperet.user_errors import ConfigError
@@ -90,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="LightningCLI override applied to every run, e.g. data.init_args.eval_batch_size=4",
     )
+    runs.add_argument(
+        "--image-sizes",
+        type=int,
+        nargs="+",
+        metavar="PX",
+        help="analyse every run at each of these square input resolutions (runs named NAME@PXpx)",
+    )
     runs.add_argument("--split", choices=SPLITS, default="val", help="the datamodule's val or test data (default val)")
     runs.add_argument("--max-samples", type=int, help="samples visited per run, text-only ones included")
     tok = p.add_argument_group("tokens and geometry")
@@ -132,6 +141,10 @@ def specs_from_args(args: argparse.Namespace) -> list[RunSpec]:
     specs += [parse_run(r) for r in args.run]
     if args.runs:
         specs += load_runs_file(args.runs)
+    if args.image_sizes:
+        if args.with_accuracy:
+            raise ConfigError("--image-sizes measures radii only: leave out --with-accuracy")
+        specs = at_image_sizes(specs, args.image_sizes)
     check_specs(specs)
     return specs
 
@@ -146,6 +159,8 @@ def analyse(spec: RunSpec, args: argparse.Namespace, selection: TokenSelection) 
     """Build one run's model and data and collect its records."""
     device = _device(args.device)
     module, datamodule = build(spec, args.override)
+    if spec.image_size:
+        set_image_size(module, datamodule.processor.image_processor, spec.image_size)
     module.to(device)
     loader, split_name = dataloader(datamodule, args.split, args.max_samples, where=f"run {spec.name!r}")
     generate = None

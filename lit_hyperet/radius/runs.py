@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,14 @@ from torch import nn
 
 from lit_hyperet.checkpoints import CheckpointError, load_trainable
 from lit_hyperet.encoders import prefix_tokens
-from lit_hyperet.radius.tokens import TokenSelection, resolved_layer, token_features, token_quantities, unwrap_llava
+from lit_hyperet.radius.tokens import (
+    TokenSelection,
+    interpolates,
+    resolved_layer,
+    token_features,
+    token_quantities,
+    unwrap_llava,
+)
 from lit_hyperet.tasks.scienceqa.rules import grade_band
 from lit_hyperet.user_errors import ConfigError
 
@@ -41,6 +48,8 @@ class RunSpec:
     configs: list[str]
     ckpt: str | None = None
     overrides: list[str] = field(default_factory=list)
+    #: Input resolution (square, pixels) the images are processed at instead of the processor's own.
+    image_size: int | None = None
 
 
 def parse_run(text: str) -> RunSpec:
@@ -53,8 +62,8 @@ def parse_run(text: str) -> RunSpec:
 
 
 def load_runs_file(path: str | Path) -> list[RunSpec]:
-    """Runs from YAML ``runs: [{name, config (str or list), ckpt (optional), overrides (optional list)}]``;
-    relative paths are taken from the current directory, like ``--config``."""
+    """Runs from YAML ``runs: [{name, config (str or list), ckpt, overrides (list), image_size}]`` (the last three
+    optional); relative paths are taken from the current directory, like ``--config``."""
     data = yaml.safe_load(Path(path).read_text())
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise ConfigError(f"{path}: expected a mapping with a 'runs' list")
@@ -69,9 +78,42 @@ def load_runs_file(path: str | Path) -> list[RunSpec]:
                 [str(c) for c in configs],
                 entry.get("ckpt"),
                 [str(o) for o in entry.get("overrides", [])],
+                int(entry["image_size"]) if entry.get("image_size") is not None else None,
             )
         )
     return specs
+
+
+def at_image_sizes(specs: list[RunSpec], sizes: list[int]) -> list[RunSpec]:
+    """Each run once per input resolution, named ``NAME@SIZEpx``."""
+    if any(size < 1 for size in sizes):
+        raise ConfigError(f"--image-sizes must be positive pixel counts, got {sizes}")
+    return [replace(s, name=f"{s.name}@{size}px", image_size=size) for s in specs for size in sizes]
+
+
+#: Towers that take any input resolution without ``interpolate_pos_encoding`` (DINOv2 interpolates its position
+#: embeddings itself, DINOv3 uses rotary position embeddings).
+ANY_RESOLUTION = ("dinov2", "dinov2_with_registers", "dinov3_vit")
+
+
+def set_image_size(module: Any, image_processor: Any, size: int) -> None:
+    """Process images at ``size``×``size``: every size and crop entry of the image processor becomes ``size``. The
+    tower must accept other resolutions: ``interpolate_pos_encoding`` in its forward, or one of :data:`ANY_RESOLUTION`
+    (a fixed-size tower such as SAM's is a ``ConfigError``)."""
+    tower = unwrap_llava(module.llava).model.vision_tower
+    model_type = tower.config.model_type
+    if model_type not in ANY_RESOLUTION and not interpolates(tower):
+        raise ConfigError(f"a {model_type} tower has fixed position embeddings: it cannot be run at {size}px")
+    keys = ("shortest_edge", "longest_edge", "height", "width")
+    for name in ("size", "crop_size"):
+        current = getattr(image_processor, name, None)
+        if is_dataclass(current):  # transformers' SizeDict
+            set_keys = {k: size for k in keys if getattr(current, k, None) is not None}
+            setattr(image_processor, name, replace(current, **set_keys))
+        elif isinstance(current, dict):
+            setattr(
+                image_processor, name, {k: (size if k in keys and v is not None else v) for k, v in current.items()}
+            )
 
 
 def check_specs(specs: list[RunSpec]) -> None:

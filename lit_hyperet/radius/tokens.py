@@ -23,6 +23,7 @@ by more than :data:`SATURATION_RTOL` get the closed form ``2‖f‖`` instead, a
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -135,6 +136,11 @@ def _pick(hidden_states: tuple[torch.Tensor, ...], layer: int | list[int]) -> to
     return torch.cat([hidden_states[i] for i in layers], dim=-1)
 
 
+def interpolates(tower: nn.Module) -> bool:
+    """Whether the tower's forward takes ``interpolate_pos_encoding`` (CLIP, SigLIP, BLIP-2's tower)."""
+    return "interpolate_pos_encoding" in inspect.signature(tower.forward).parameters
+
+
 @torch.no_grad()
 def token_features(llava: nn.Module, pixel_values: torch.Tensor, selection: TokenSelection) -> dict[str, torch.Tensor]:
     """``{"vision": [N, T, D], "projector": [N, T', D_llm]}`` (projector only when asked) for ``N`` images."""
@@ -142,8 +148,12 @@ def token_features(llava: nn.Module, pixel_values: torch.Tensor, selection: Toke
     config = base.config
     tower = base.model.vision_tower
     param = next(tower.parameters())
-    out = tower(pixel_values.to(device=param.device, dtype=param.dtype), output_hidden_states=True, return_dict=True)
-    hidden = out.hidden_states
+    # interpolation is the identity at the tower's own resolution; other sizes need it
+    extra = {"interpolate_pos_encoding": True} if interpolates(tower) else {}
+    pixels = pixel_values.to(device=param.device, dtype=param.dtype)
+    out = tower(pixels, output_hidden_states=True, return_dict=True, **extra)
+    # Spatial maps (B, H, W, C), as SAM's encoder emits, become H·W tokens in row-major order, as LLaVA reads them.
+    hidden = tuple(h.flatten(1, 2) if h.dim() == 4 else h for h in out.hidden_states)
     selected = _pick(hidden, resolved_layer(base, selection))
     prefix = num_prefix_tokens(config.vision_config, selected.shape[1])
     patches = selected[:, prefix:]
