@@ -11,6 +11,12 @@ Because ``M ⊗_c x = exp0(M · log0(x))``, the ``hyperbolic`` weight equals ``W
 exact fast path for the rows that are safely away from every clamp and runs the clamped chain on the others;
 :func:`hyperet_report` says, per adapted weight, how far the result is from ``W0 · Mᵀ`` and on how many rows a clamp
 fired.
+
+Fused q/k/v projections (one Linear with weight ``(3n, n)``, rows ``[q; k; v]``: SAM's and BLIP-2's ``qkv``, an
+``in_proj``) are adapted slice by slice: one parametrization (:class:`FusedHyperETWeight`) on the Linear's ``weight``
+holds a :class:`HyperETWeight` with its own n×n ``M`` for each block named in ``HyperETConfig.fused_slices`` (q and v
+by default) and passes the other blocks through unchanged, so each adapted block is exactly what a separate q or v
+projection with the same ``W0`` and ``M`` gives, and the model code stays the library's own.
 """
 
 from __future__ import annotations
@@ -36,12 +42,16 @@ from lit_hyperet.geometry import (
 )
 from lit_hyperet.hyperet_config import (  # the configuration, re-exported here where users import it from
     DEFAULT_BLOCK_SIZE as DEFAULT_BLOCK_SIZE,
+    DEFAULT_FUSED_SLICES as DEFAULT_FUSED_SLICES,
     DEFAULT_TARGETS as DEFAULT_TARGETS,
+    FUSED_NAME_PATTERN as FUSED_NAME_PATTERN,
+    FUSED_SLICE_NAMES as FUSED_SLICE_NAMES,
     SPACES as SPACES,
     VARIANTS as VARIANTS,
     HyperETConfig as HyperETConfig,
     Space as Space,
     Variant as Variant,
+    is_fused_name as is_fused_name,
 )
 from lit_hyperet.user_errors import ConfigError
 
@@ -98,7 +108,8 @@ def _softplus_inverse(x: float) -> float:
 
 
 class HyperETWeight(nn.Module):
-    """Parametrization on an adapted Linear's ``weight``: maps the frozen ``W0`` to the adapted weight."""
+    """Parametrization on an adapted Linear's ``weight``: maps the frozen ``W0`` to the adapted weight (also the
+    adapter of one slice of a fused projection, inside :class:`FusedHyperETWeight`)."""
 
     def __init__(self, in_features: int, config: HyperETConfig) -> None:
         super().__init__()
@@ -151,14 +162,52 @@ class HyperETWeight(nn.Module):
         return f"space={self.space}, c={float(torch.as_tensor(self.curvature()).reshape(-1)[0]):g}{learn}"
 
 
-def _hyperet_of(module: nn.Module) -> HyperETWeight | None:
+class FusedHyperETWeight(nn.Module):
+    """Parametrization on a fused q/k/v Linear's ``weight`` (``(3n, n)``, rows ``[q; k; v]``).
+
+    ``slices`` holds one :class:`HyperETWeight` (its own n×n ``M``, and c when learnable) per adapted block, keyed
+    ``q`` / ``k`` / ``v``; the forward adapts those blocks exactly as a separate projection's weight and passes the
+    other blocks through as they are (the same tensor values, bit for bit). The Linear's bias is not touched.
+    """
+
+    def __init__(self, in_features: int, config: HyperETConfig) -> None:
+        super().__init__()
+        self.n = in_features
+        self.slices = nn.ModuleDict({name: HyperETWeight(in_features, config) for name in config.fused_slices})
+
+    def blocks(self, w0: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"q": W0_q, "k": W0_k, "v": W0_v}``: the row blocks of ``w0`` (views)."""
+        return dict(zip(FUSED_SLICE_NAMES, w0.split(self.n, dim=0), strict=True))
+
+    def adapted_blocks(self, w0: torch.Tensor) -> Iterator[tuple[str, torch.Tensor, HyperETWeight]]:
+        """``(slice name, W0 block, its adapter)`` for every adapted block, in weight order."""
+        for name, block in self.blocks(w0).items():
+            if name in self.slices:
+                yield name, block, self.slices[name]
+
+    def forward(self, w0: torch.Tensor) -> torch.Tensor:
+        """``[W_q; W_k; W_v]`` with the selected blocks adapted, in ``w0``'s dtype."""
+        return torch.cat(
+            [self.slices[name](block) if name in self.slices else block for name, block in self.blocks(w0).items()]
+        )
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, slices={list(self.slices)}"
+
+
+#: What :func:`apply_hyperet` registers on a Linear's ``weight``.
+HyperETParametrization = HyperETWeight | FusedHyperETWeight
+
+
+def _hyperet_of(module: nn.Module) -> HyperETParametrization | None:
     if not parametrize.is_parametrized(module, "weight"):
         return None
-    return next((p for p in module.parametrizations.weight if isinstance(p, HyperETWeight)), None)
+    return next((p for p in module.parametrizations.weight if isinstance(p, HyperETWeight | FusedHyperETWeight)), None)
 
 
-def adapted_modules(model: nn.Module) -> Iterator[tuple[str, nn.Linear, HyperETWeight]]:
-    """``(qualified name, Linear, parametrization)`` for every HyperET-adapted Linear in ``model``."""
+def adapted_modules(model: nn.Module) -> Iterator[tuple[str, nn.Linear, HyperETParametrization]]:
+    """``(qualified name, Linear, parametrization)`` for every HyperET-adapted Linear in ``model``: a
+    :class:`HyperETWeight` on a separate projection, a :class:`FusedHyperETWeight` on a fused q/k/v one."""
     for name, module in model.named_modules():
         hw = _hyperet_of(module)
         if hw is not None:
@@ -170,11 +219,27 @@ def adapted_module_names(model: nn.Module) -> list[str]:
     return [name for name, _, _ in adapted_modules(model)]
 
 
+def adapted_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, HyperETWeight]]:
+    """``(name, frozen W0, adapter)`` for every adapted weight: a separate projection's whole ``W0`` under its module
+    name, each adapted block of a fused projection under ``module[q]`` / ``[k]`` / ``[v]``."""
+    for name, module, hw in adapted_modules(model):
+        w0 = module.parametrizations.weight.original
+        if isinstance(hw, FusedHyperETWeight):
+            for slice_name, block, slice_hw in hw.adapted_blocks(w0):
+                yield f"{name}[{slice_name}]", block, slice_hw
+        else:
+            yield name, w0, hw
+
+
 def apply_hyperet(model: nn.Module, config: HyperETConfig) -> list[str]:
     """Register HyperET on ``weight`` of every ``nn.Linear`` whose qualified name matches ``config.targets``.
 
-    W0 (``module.parametrizations.weight.original``) is frozen, ``M`` (and c when learnable) are trainable; no other
-    parameter's ``requires_grad`` changes. Returns the adapted names; raises ``ValueError`` when nothing matches.
+    A matched Linear whose name ends in ``qkv`` or ``in_proj`` is a fused q/k/v projection: its weight must be
+    ``(3n, n)`` (anything else is a ``ConfigError``), and it gets one :class:`FusedHyperETWeight` adapting the blocks
+    named in ``config.fused_slices``; every other match gets a :class:`HyperETWeight`. W0
+    (``module.parametrizations.weight.original``) is frozen, ``M`` (and c when learnable) are trainable; no other
+    parameter's ``requires_grad`` changes. Returns the adapted Linears' names; raises ``ConfigError`` when nothing
+    matches.
     """
     pattern = re.compile(config.targets)
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
@@ -184,18 +249,26 @@ def apply_hyperet(model: nn.Module, config: HyperETConfig) -> list[str]:
         raise ConfigError(
             f"HyperET targets {config.targets!r} match no nn.Linear; candidates ({len(linears)}): {shown}"
         )
-    for name, module in matches:
+    for name, module in matches:  # checked before any Linear changes
         if _hyperet_of(module) is not None:
             raise ValueError(f"{name} already carries a HyperET parametrization")
-        weight = module.weight
-        hw = HyperETWeight(module.in_features, config).to(device=weight.device)
+        if is_fused_name(name) and module.out_features != 3 * module.in_features:
+            raise ConfigError(
+                f"{name} is named as a fused q/k/v projection but its weight is {module.out_features}×"
+                f"{module.in_features}, not {3 * module.in_features}×{module.in_features} (rows [q; k; v]); "
+                "leave it out of hyperet.targets"
+            )
+    for name, module in matches:
+        parametrization = FusedHyperETWeight if is_fused_name(name) else HyperETWeight
+        hw = parametrization(module.in_features, config).to(device=module.weight.device)
         parametrize.register_parametrization(module, "weight", hw)
         module.parametrizations.weight.original.requires_grad_(False)
     return [n for n, _ in matches]
 
 
 def merge_hyperet(model: nn.Module) -> list[str]:
-    """Bake every adapted weight into a plain (frozen) ``weight`` parameter and remove the parametrizations."""
+    """Bake every adapted weight (separate or fused) into a plain (frozen) ``weight`` parameter and remove the
+    parametrizations."""
     merged = []
     with torch.no_grad():
         for name, module, _ in list(adapted_modules(model)):
@@ -208,7 +281,8 @@ def merge_hyperet(model: nn.Module) -> list[str]:
 
 
 def hyperet_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """The trainable HyperET parameters (``M`` entries and learnable curvatures) with their qualified names."""
+    """The trainable HyperET parameters (``M`` entries and learnable curvatures) with their qualified names; those of
+    a fused projection name their slice (``….qkv.parametrizations.weight.0.slices.q.matrix.diag``)."""
     out = []
     for name, module, hw in adapted_modules(model):
         prefix = f"{name}.parametrizations.weight.{list(module.parametrizations.weight).index(hw)}."
@@ -218,11 +292,11 @@ def hyperet_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 @torch.no_grad()
 def hyperet_report(model: nn.Module) -> dict[str, dict[str, float | int]]:
-    """Per adapted module: ``params`` (trainable HyperET entries), ``identity_deviation`` ``‖W − W0·Mᵀ‖/‖W0·Mᵀ‖``
-    and ``clamp_fraction`` (rows on which a clamp fired)."""
+    """Per adapted weight (a separate projection by its module name, each adapted block of a fused one as
+    ``module[q]`` / ``[k]`` / ``[v]``): ``params`` (trainable HyperET entries), ``identity_deviation``
+    ``‖W − W0·Mᵀ‖/‖W0·Mᵀ‖`` and ``clamp_fraction`` (rows on which a clamp fired)."""
     report: dict[str, dict[str, float | int]] = {}
-    for name, module, hw in adapted_modules(model):
-        w0 = module.parametrizations.weight.original
+    for name, w0, hw in adapted_weights(model):
         w = hw(w0).to(compute_dtype(w0))
         ref = hw.euclidean(w0).to(w.dtype)
         report[name] = {
@@ -234,7 +308,8 @@ def hyperet_report(model: nn.Module) -> dict[str, dict[str, float | int]]:
 
 
 def summarize_report(report: dict[str, dict[str, float | int]]) -> dict[str, float | int]:
-    """Totals over modules: adapted count, params, max identity deviation and mean clamp fraction."""
+    """Totals over the report's entries (adapted weights; a fused projection counts once per adapted slice):
+    their count, params, max identity deviation and mean clamp fraction."""
     if not report:
         return {"adapted_modules": 0, "params": 0, "identity_deviation_max": 0.0, "clamp_fraction_mean": 0.0}
     values = list(report.values())

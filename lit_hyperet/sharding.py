@@ -20,8 +20,8 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from lit_hyperet.user_errors import ConfigError
 
 #: Class names of transformer blocks: ``LlamaDecoderLayer``, ``MistralDecoderLayer``, ``CLIPEncoderLayer``,
-#: ``SiglipEncoderLayer``, ``Dinov2Layer``, …
-DEFAULT_LAYER_PATTERN = r"(DecoderLayer|EncoderLayer|Dinov2Layer)$"
+#: ``SiglipEncoderLayer``, ``Blip2EncoderLayer``, ``Dinov2Layer``, ``DINOv3ViTLayer``, ``SamVisionLayer``, …
+DEFAULT_LAYER_PATTERN = r"(DecoderLayer|EncoderLayer|Dinov2Layer|DINOv3ViTLayer|SamVisionLayer)$"
 
 #: ``trainer.precision`` -> the FSDP2 mixed-precision policy (``None``: parameters and compute in float32).
 #: Gradients are reduced in float32 in every case; the sharded master weights stay float32.
