@@ -23,6 +23,7 @@ from lit_hyperet.mlflow_store import prepare_tracking_store, tracking_uri
 from lit_hyperet.progress import StepProgressBar
 from lit_hyperet.results_table import ResultsTable
 from lit_hyperet.run_record import FIT_RUN_KEY, RunRecord, name_runs, run_params, run_tags
+from lit_hyperet.user_errors import UserError
 
 DEFAULT_EXPERIMENT = "lit_hyperet"
 PROG = "python -m lit_hyperet"
@@ -136,6 +137,19 @@ class HyperETCLI(LightningCLI):
                 "initial values), not a trained run; pass --ckpt_path DIR/last.ckpt for a run's weights",
                 file=sys.stderr,
             )
+
+    def instantiate_classes(self) -> None:
+        """jsonargparse reports a user error raised while building a class (a ``ConfigError`` from a value that
+        cannot work) as a tree of Union alternatives; the user error itself is what the user needs to read."""
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            cause: BaseException | None = err
+            while cause is not None and not isinstance(cause, UserError):
+                cause = cause.__cause__
+            if cause is None or os.environ.get(TRACEBACK_ENV) == "1":
+                raise
+            raise cause from None
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)

@@ -20,9 +20,12 @@ from dataclasses import dataclass
 TRACEBACK_ENV = "LIT_HYPERET_TRACEBACK"
 
 _KEY = re.compile(r'^Parser key "([^"]+)":')
-_CLASS = re.compile(r"^- Problem with given class_path '([^']+)':")
-_UNKNOWN_OPTION = re.compile(r"^Option '([^']+)' is not accepted")
-_LITERAL = re.compile(r"^Expected a typing\.Literal\[(.*)\]\. Got value: (.*)$")
+_CLASS = re.compile(r"^(?:- )?Problem with given class_path '([^']+)':")
+_UNKNOWN_OPTION = re.compile(r"Option '([^']+)' is not accepted")
+#: The class of a callable-typed value (optimizer, lr_scheduler), named inside its leaf's text.
+_CALLABLE_CLASS = re.compile(r"class_path='([^']+)'")
+_LITERAL = re.compile(r"^Expected a typing\.Literal\[(.*)\](?:\. Got value: (.*))?$")
+_GIVEN = re.compile(r"^Given value: (.*)$")
 _UNRECOGNIZED = re.compile(r"^Unrecognized arguments: (.*)$", re.IGNORECASE)
 _NOISE = re.compile(
     r"^(- )?(Does not validate against any of the Union subtypes|Subtypes: |Errors:|Given value type: |Given value: |"
@@ -125,21 +128,35 @@ def short_error(message: str, known_options: Iterable[str] = ()) -> str:
     leaves = _leaves(message)
     if not leaves:
         return first
-    leaf = max(leaves, key=lambda found: len(found.path))  # the innermost; Union alternatives sit higher
+    depth = max(len(found.path) for found in leaves)  # the innermost; Union alternatives sit higher
+    innermost = [found for found in leaves if len(found.path) == depth]
+    leaf = next((found for found in innermost if _UNKNOWN_OPTION.search(found.text)), innermost[0])
     where = _dotted(leaf.path)
     classes = [value for kind, value in leaf.path if kind == "class"]
-    if unknown := _UNKNOWN_OPTION.match(leaf.text):
+    if unknown := _UNKNOWN_OPTION.search(leaf.text):
         option = unknown.group(1)
         owner = classes[-1] if classes else ""
+        if callable_class := _CALLABLE_CLASS.search(leaf.text):  # e.g. the optimizer: its class is in the text
+            owner = callable_class.group(1)
+            where = f"{where}.init_args" if where else "init_args"
         known = _parameters(_class(owner)) if owner else []
         prefix = f"{where}." if where else ""
         name = owner.rsplit(".", 1)[-1] or "this command"
         return f"{prefix}{option}: {name} has no such option{_suggest(option, known, prefix)}"
-    if literal := _LITERAL.match(leaf.text):
-        try:
-            values = [str(v) for v in ast.literal_eval(f"[{literal.group(1)}]")]
-        except (SyntaxError, ValueError):
-            values = [literal.group(1)]
-        given = literal.group(2).strip()
-        return f"{where}: {given!r} is not one of {', '.join(values)}{_suggest(given, values)}"
+    literals = [match for found in innermost if (match := _LITERAL.match(found.text))]
+    if literals:  # one Literal, or a Union of them (trainer.precision): every accepted value
+        values: list[str] = []
+        for literal in literals:
+            try:
+                values += [str(v) for v in ast.literal_eval(f"[{literal.group(1)}]") if str(v) not in values]
+            except (SyntaxError, ValueError):
+                values.append(literal.group(1))
+        given = next((m.group(2) for m in literals if m.group(2)), None) or _given_value(message)
+        return f"{where}: {given.strip()!r} is not one of {', '.join(values)}{_suggest(given.strip(), values)}"
     return f"{where}: {leaf.text}" if where else leaf.text
+
+
+def _given_value(message: str) -> str:
+    """The value jsonargparse echoes last (``Given value: …``) for errors that name none beside the choices."""
+    given = [match.group(1) for line in message.splitlines() if (match := _GIVEN.match(line.strip()))]
+    return given[-1] if given else "?"

@@ -81,16 +81,21 @@ class HyperETConfig:
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
-            raise ConfigError(f"unknown HyperET variant {self.variant!r}; valid: {', '.join(VARIANTS)}")
+            raise ConfigError(f"hyperet.variant {self.variant!r} is not one of {', '.join(VARIANTS)}")
         if self.space not in SPACES:
-            raise ConfigError(f"unknown HyperET space {self.space!r}; valid: {', '.join(SPACES)}")
+            raise ConfigError(f"hyperet.space {self.space!r} is not one of {', '.join(SPACES)}")
         if not self.curvature > 0:
-            raise ConfigError(f"curvature must be > 0, got {self.curvature}")
+            raise ConfigError(f"hyperet.curvature must be > 0, got {self.curvature}")
         if self.num_blocks is not None and self.block_size is not None:
-            raise ConfigError(f"give num_blocks ({self.num_blocks}) or block_size ({self.block_size}), not both")
+            raise ConfigError(
+                f"hyperet: give num_blocks ({self.num_blocks}) or block_size ({self.block_size}), not both"
+            )
         if self.band_width < 0:
-            raise ConfigError(f"band_width must be >= 0, got {self.band_width}")
-        re.compile(self.targets)
+            raise ConfigError(f"hyperet.band_width must be >= 0, got {self.band_width}")
+        try:
+            re.compile(self.targets)
+        except re.error as err:
+            raise ConfigError(f"hyperet.targets is not a valid regular expression: {err}") from None
         _check_fused_slices(self.fused_slices)
 
     def block_size_for(self, n: int) -> int:

@@ -176,7 +176,7 @@ class HyperETLitModule(pl.LightningModule):
         mesh = self.device_mesh
         if mesh is not None:
             if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() != 1:
-                raise ValueError(
+                raise ConfigError(
                     "HyperETLitModule shards with FSDP2 only (data parallel); set tensor_parallel_size 1 "
                     "(lit_hyperet.strategies.FSDP2Strategy does)"
                 )

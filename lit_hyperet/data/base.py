@@ -12,6 +12,7 @@ from lit_hyperet.data.collate import Collator, pad_token_id
 from lit_hyperet.data.conversation import Conversation, ConversationEncoder
 from lit_hyperet.data.dataset import ConversationDataset
 from lit_hyperet.data.resumable import ResumableDataLoader
+from lit_hyperet.user_errors import ConfigError
 
 ROLES = ("train", "val", "test", "predict")
 STAGE_ROLES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
@@ -66,9 +67,9 @@ class ConversationDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if on_overflow not in ("error", "skip"):
-            raise ValueError(f"on_overflow must be 'error' or 'skip', got {on_overflow!r}")
+            raise ConfigError(f"data.on_overflow must be 'error' or 'skip', got {on_overflow!r}")
         if isinstance(max_samples, dict) and set(max_samples) - set(ROLES):
-            raise ValueError(f"max_samples keys must be among {', '.join(ROLES)}, got {', '.join(max_samples)}")
+            raise ConfigError(f"data.max_samples keys must be among {', '.join(ROLES)}, got {', '.join(max_samples)}")
         self.processor = processor
         self.template, self.system_prompt = template, system_prompt
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size

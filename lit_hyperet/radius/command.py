@@ -193,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     if args.bins < 1:
-        raise SystemExit("--bins must be >= 1")
+        raise ConfigError(f"--bins must be >= 1, got {args.bins}")
     if args.max_samples is not None and args.max_samples < 1:
-        raise SystemExit("--max-samples must be >= 1")
+        raise ConfigError(f"--max-samples must be >= 1, got {args.max_samples}")
     specs = specs_from_args(args)
     for spec in specs:
         if not spec.ckpt:

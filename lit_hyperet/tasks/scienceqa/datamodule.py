@@ -18,6 +18,7 @@ from lit_hyperet.tasks.scienceqa.prompts import (
     parse_format,
     render_prompt,
 )
+from lit_hyperet.user_errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +98,12 @@ class ScienceQADataModule(ConversationDataModule):
         super().__init__(**kwargs)
         _, out_fmt = parse_format(prompt_format)
         if layout not in ("raw", "parquet"):
-            raise ValueError(f"layout must be 'raw' or 'parquet', got {layout!r}")
+            raise ConfigError(f"data.layout must be 'raw' or 'parquet', got {layout!r}")
         if eval_protocol not in ("generate", "answer_prefix"):
-            raise ValueError(f"eval_protocol must be 'generate' or 'answer_prefix', got {eval_protocol!r}")
+            raise ConfigError(f"data.eval_protocol must be 'generate' or 'answer_prefix', got {eval_protocol!r}")
         if eval_protocol == "answer_prefix" and out_fmt not in ANSWER_FIRST_OUTPUTS:
-            raise ValueError(
-                f"eval_protocol='answer_prefix' needs an output format that starts with the answer "
+            raise ConfigError(
+                f"data.eval_protocol='answer_prefix' needs an output format that starts with the answer "
                 f"({', '.join(ANSWER_FIRST_OUTPUTS)}); {prompt_format!r} does not: use eval_protocol='generate'"
             )
         self.data_dir, self.layout = Path(data_dir), layout

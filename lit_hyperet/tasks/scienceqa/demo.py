@@ -33,6 +33,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from lit_hyperet.user_errors import ConfigError
+
 COLOURS = {"red": (220, 20, 20), "green": (20, 170, 20), "blue": (20, 40, 230), "yellow": (240, 220, 0),
            "purple": (140, 20, 160)}  # fmt: skip
 SHAPES = ("circle", "square", "triangle")
@@ -178,7 +180,7 @@ def make_demo_data(out: str | Path, num_problems: int = 600, seed: int = 0) -> P
     Returns ``out``.
     """
     if num_problems < MIN_PROBLEMS:
-        raise ValueError(f"num_problems must be at least {MIN_PROBLEMS} (every category in val and test)")
+        raise ConfigError(f"num_problems must be at least {MIN_PROBLEMS} (every category in val and test)")
     out = Path(out)
     rng = random.Random(seed)
     problems: dict[str, Problem] = {}

@@ -20,6 +20,7 @@ numbers published for ``*-AL`` / ``*-AE`` runs of the official code. The two set
 from __future__ import annotations
 
 from lit_hyperet.tasks.scienceqa.problems import OPTION_LETTERS, ScienceQAProblem
+from lit_hyperet.user_errors import ConfigError
 
 INPUT_FORMATS = ("CQM", "QCM", "QCML", "QCME", "QCMLE", "QCLM", "QCEM", "QCLEM")
 OUTPUT_FORMATS = ("A", "AL", "AE", "ALE", "AEL", "LA", "EA", "LEA", "ELA")
@@ -32,10 +33,11 @@ SINGLE_PRED_PROMPT = "\nAnswer with the option's letter from the given choices d
 
 
 def parse_format(prompt_format: str) -> tuple[str, str]:
-    """Split ``"QCM-LEA"`` into ``("QCM", "LEA")``; an unknown format raises ``ValueError`` listing the valid ones."""
+    """Split ``"QCM-LEA"`` into ``("QCM", "LEA")``; an unknown format raises ``ConfigError`` listing the valid
+    ones."""
     parts = prompt_format.split("-")
     if len(parts) != 2 or parts[0] not in INPUT_FORMATS or parts[1] not in OUTPUT_FORMATS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown prompt format {prompt_format!r}; expected '<IN>-<OUT>' with IN in {', '.join(INPUT_FORMATS)} "
             f"and OUT in {', '.join(OUTPUT_FORMATS)} (e.g. 'QCM-A', 'CQM-A', 'QCM-LEA')"
         )
