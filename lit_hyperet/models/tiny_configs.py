@@ -1,18 +1,31 @@
-"""Configs of tiny random-weight models: vision towers (CLIP, SigLIP, DINOv2), a Llama LLM and the LLaVA joining them.
+"""Configs of tiny random-weight models: vision towers (CLIP, SigLIP, DINOv2, DINOv3, SAM, BLIP-2), a Llama LLM and the
+LLaVA joining them.
 
 One place for the sizes that ``make-tiny-model``, the benchmarks and the tests build from. Every size is a keyword
-argument whose default is the tiny model's; only ``transformers`` config classes are imported (no model family, no
-task), so building a config costs no weights.
+argument whose default is the tiny model's; only ``transformers`` config classes and the tower facts of
+``lit_hyperet.encoders`` are imported (no model family, no task), so building a config costs no weights.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from transformers import CLIPVisionConfig, Dinov2Config, LlamaConfig, LlavaConfig, PreTrainedConfig, SiglipVisionConfig
+from transformers import (
+    Blip2VisionConfig,
+    CLIPVisionConfig,
+    Dinov2Config,
+    DINOv3ViTConfig,
+    LlamaConfig,
+    LlavaConfig,
+    PreTrainedConfig,
+    SamVisionConfig,
+    SiglipVisionConfig,
+)
 
-Vision = Literal["clip", "siglip", "dinov2"]
-VISIONS: tuple[str, ...] = ("clip", "siglip", "dinov2")
+from lit_hyperet.encoders import disable_train_augmentations, prefix_tokens
+
+Vision = Literal["clip", "siglip", "dinov2", "dinov3", "sam", "blip2"]
+VISIONS: tuple[str, ...] = ("clip", "siglip", "dinov2", "dinov3", "sam", "blip2")
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 8  # 4 x 4 = 16 patch tokens
@@ -23,6 +36,12 @@ TEXT_WIDTH = 128
 TEXT_LAYERS = 2
 TEXT_HEADS = 4
 VISION_FEATURE_LAYER = -2  # LLaVA-1.5: penultimate layer
+DINOV3_REGISTERS = 4  # as every released DINOv3 ViT
+SAM_WINDOW = 2  # the 4 x 4 patch grid in 2 x 2 windows; the last layer attends globally, as SAM's global_attn_indexes
+SAM_NECK_CHANNELS = 32  # SAM's neck (output_channels): computed by the tower, not read by LLaVA
+# SAM's and BLIP-2's configs default to initializer_range 1e-10 (their checkpoints overwrite the weights): a random
+# tower initialised so would emit near-constant features.
+TOWER_INIT_STD = 0.02
 
 
 def vision_config(
@@ -38,6 +57,10 @@ def vision_config(
     """A vision tower's config; the MLP is ``intermediate_size`` wide (default ``2 × hidden_size``).
 
     DINOv2 sizes its MLP by ``mlp_ratio``, so there ``intermediate_size`` must be a multiple of ``hidden_size``.
+    DINOv3 has :data:`DINOV3_REGISTERS` register tokens and no train-mode RoPE augmentation (a frozen tower must give
+    the same features in training and evaluation); SAM attends in windows of :data:`SAM_WINDOW` × :data:`SAM_WINDOW`
+    patches except in its last layer, and its ``image_size`` is the only size it takes (fixed absolute position
+    embeddings).
     """
     intermediate_size = 2 * hidden_size if intermediate_size is None else intermediate_size
     common: dict[str, Any] = dict(
@@ -54,6 +77,25 @@ def vision_config(
         if intermediate_size % hidden_size:
             raise ValueError(f"DINOv2 needs intermediate_size a multiple of hidden_size, got {intermediate_size}")
         return Dinov2Config(**common, mlp_ratio=intermediate_size // hidden_size, patch_size=patch_size)
+    if vision == "dinov3":
+        config = DINOv3ViTConfig(
+            **common, intermediate_size=intermediate_size, patch_size=patch_size, num_register_tokens=DINOV3_REGISTERS
+        )
+        return disable_train_augmentations(config)
+    if vision == "sam":
+        return SamVisionConfig(
+            **common,
+            patch_size=patch_size,
+            mlp_dim=intermediate_size,
+            window_size=SAM_WINDOW,
+            global_attn_indexes=[num_hidden_layers - 1],
+            output_channels=SAM_NECK_CHANNELS,
+            initializer_range=TOWER_INIT_STD,
+        )
+    if vision == "blip2":
+        return Blip2VisionConfig(
+            **common, intermediate_size=intermediate_size, patch_size=patch_size, initializer_range=TOWER_INIT_STD
+        )
     raise ValueError(f"unknown vision tower {vision!r}; choose one of {', '.join(VISIONS)}")
 
 
@@ -95,10 +137,11 @@ def llava_config(
     image_seq_length: int | None = None,
 ) -> LlavaConfig:
     """A LLaVA-1.5-style config joining ``vision`` and ``text``: penultimate vision layer, ``mlp2x_gelu`` projector,
-    ``image_seq_length`` the tower's patch count unless given (right for ``default`` on a CLS tower, and for
-    ``full`` on a tower without prefix tokens)."""
+    ``image_seq_length`` unless given the tokens one image reaches the LLM as: the tower's patch count plus the prefix
+    tokens (CLS, registers) the strategy keeps (``default`` drops one)."""
     if image_seq_length is None:
-        image_seq_length = (vision.image_size // vision.patch_size) ** 2
+        kept_prefix = prefix_tokens(vision) - (vision_feature_select_strategy == "default")
+        image_seq_length = (vision.image_size // vision.patch_size) ** 2 + kept_prefix
     return LlavaConfig(
         vision_config=vision,
         text_config=text,

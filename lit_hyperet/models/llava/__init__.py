@@ -1,12 +1,18 @@
 """Building ``transformers.LlavaForConditionalGeneration`` models: sources, freezing, HyperET, LoRA, merging.
 
-Names are imported lazily, so ``make-tiny-model`` does not pull in peft and the HyperET code.
+Names are imported lazily, so ``make-tiny-model`` does not pull in peft and the HyperET code. Importing the package
+registers BLIP-2's vision model with ``AutoModel`` (see :mod:`lit_hyperet.models.llava.towers`), so every LLaVA built
+or loaded through it may have a BLIP-2 tower.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
+
+from lit_hyperet.models.llava.towers import register_towers
+
+register_towers()
 
 if TYPE_CHECKING:
     from lit_hyperet.models.llava.build import LoraSettings, build_llava, count_parameters, trainable_groups

@@ -16,7 +16,6 @@ import torch
 from transformers import (
     AddedToken,
     AutoConfig,
-    AutoImageProcessor,
     AutoModelForCausalLM,
     AutoProcessor,
     AutoTokenizer,
@@ -31,13 +30,17 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from lit_hyperet.chat_templates import vicuna_v1_chat_template
-from lit_hyperet.encoders import check_select_strategy, prefix_tokens
+from lit_hyperet.encoders import check_select_strategy, disable_train_augmentations, prefix_tokens, vision_half
+from lit_hyperet.models import tiny_configs
 from lit_hyperet.models.llava.tiny import Vision, make_tiny_model
+from lit_hyperet.models.llava.towers import load_image_processor
 from lit_hyperet.models.loading import ModelSource, load_complete, require_config, torch_dtype
 from lit_hyperet.user_errors import ConfigError
 
-#: Full two-tower models whose vision half can serve as a LLaVA vision tower.
-_DUAL_ENCODERS = ("clip", "siglip")
+#: Full models (``lit_hyperet.encoders.FULL_MODELS``) whose checkpoints name their vision half's weights otherwise than
+#: the vision model class does -> ``key_mapping`` for ``from_pretrained``. CLIP / SigLIP (``vision_model.``) and SAM
+#: (``vision_encoder.``) use the vision model's own names; BLIP-2 prefixes ``vision_model.`` to Blip2VisionModel's.
+_VISION_HALF_KEYS = {"blip-2": {r"^vision_model\.": ""}}
 
 
 class PretrainedLlava(ModelSource):
@@ -109,8 +112,11 @@ class LlavaFromParts(ModelSource):
     """A LLaVA assembled from a vision-tower dir, a causal-LM dir and a fresh projector (LLaVA's stage-1 start).
 
     Args:
-        vision_path: a ``CLIPVisionModel`` / ``SiglipVisionModel`` / ``Dinov2Model`` dir, or a full ``CLIPModel`` /
-            ``SiglipModel`` dir (its vision half is used), with its image-processor config.
+        vision_path: a ``CLIPVisionModel`` / ``SiglipVisionModel`` / ``Dinov2Model`` / ``DINOv3ViTModel`` /
+            ``SamVisionModel`` / ``Blip2VisionModel`` dir, or a full ``CLIPModel`` / ``SiglipModel`` / ``SamModel`` /
+            ``Blip2ForConditionalGeneration`` dir (its vision half is used), with its image-processor config.
+            DINOv3's torchvision-only processor is replaced by its PIL equivalent when torchvision is missing, and
+            its train-mode RoPE augmentations are switched off (a frozen tower gives evaluation features).
         llm_path: a causal-LM dir (Llama / Vicuna) with its tokenizer.
         projector: ``mlp2x_gelu`` (LLaVA-1.5: Linear → GELU → Linear) or ``linear``. transformers' LLaVA projector is
             always Linear → act → Linear, so ``linear`` is stored as ``projector_hidden_act="linear"``: two Linears
@@ -118,8 +124,9 @@ class LlavaFromParts(ModelSource):
             and spans the same functions, but has the extra hidden×hidden parameters and trains as their product.
             This keeps the saved model loadable by plain ``LlavaForConditionalGeneration.from_pretrained``.
         vision_feature_layer: hidden-state index fed to the projector (LLaVA-1.5: -2).
-        vision_feature_select_strategy: ``default`` drops the CLS token (towers with one CLS), ``full`` keeps all
-            tokens (SigLIP has no CLS: use ``full``).
+        vision_feature_select_strategy: ``default`` drops the CLS token (towers with one CLS: CLIP, DINOv2,
+            BLIP-2), ``full`` keeps all tokens (SigLIP and SAM have no CLS, DINOv3 has registers after it: use
+            ``full``; see :mod:`lit_hyperet.encoders`).
         dtype: ``float32``, ``bfloat16`` or ``float16``.
         image_token: the image placeholder; added to the tokenizer as a special token (and the embeddings resized)
             when missing.
@@ -153,12 +160,13 @@ class LlavaFromParts(ModelSource):
         self.chat_template = chat_template
 
     def vision_config(self) -> PreTrainedConfig:
-        """The vision tower's config (the vision half of a full CLIP/SigLIP config)."""
-        config = AutoConfig.from_pretrained(require_config(self.vision_path, "vision tower dir"))
-        if config.model_type in _DUAL_ENCODERS:
-            config = config.vision_config
+        """The vision tower's config (the vision half of a full CLIP / SigLIP / SAM / BLIP-2 config)."""
+        config = vision_half(self._dir_config())
         check_select_strategy(config, self.vision_feature_select_strategy)
-        return config
+        return disable_train_augmentations(config)
+
+    def _dir_config(self) -> PreTrainedConfig:
+        return AutoConfig.from_pretrained(require_config(self.vision_path, "vision tower dir"))
 
     def load_tokenizer(self) -> PreTrainedTokenizerBase:
         """The LLM's tokenizer with the image token (and a pad token) added when missing, and the chat template."""
@@ -181,12 +189,8 @@ class LlavaFromParts(ModelSource):
 
     def load_processor(self) -> ProcessorMixin:
         vision_config = self.vision_config()
-        try:
-            image_processor = AutoImageProcessor.from_pretrained(self.vision_path)
-        except OSError as err:
-            raise ConfigError(f"vision tower dir {self.vision_path!r} has no image-processor config") from err
         return LlavaProcessor(
-            image_processor=image_processor,
+            image_processor=load_image_processor(self.vision_path, vision_config),
             tokenizer=self.load_tokenizer(),
             patch_size=vision_config.patch_size,
             vision_feature_select_strategy=self.vision_feature_select_strategy,
@@ -199,7 +203,10 @@ class LlavaFromParts(ModelSource):
         dtype = torch_dtype(self.dtype)
         vision_config = self.vision_config()
         vision_cls = MODEL_MAPPING[type(vision_config)]
-        vision = load_complete(vision_cls, self.vision_path, "vision tower dir", config=vision_config, dtype=dtype)
+        key_mapping = _VISION_HALF_KEYS.get(self._dir_config().model_type)
+        vision = load_complete(
+            vision_cls, self.vision_path, "vision tower dir", config=vision_config, dtype=dtype, key_mapping=key_mapping
+        )
         llm = load_complete(AutoModelForCausalLM, require_config(self.llm_path, "LLM dir"), "LLM dir", dtype=dtype)
         tokenizer = self.load_tokenizer()
         if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
@@ -260,7 +267,8 @@ class TinyLlava(ModelSource):
 
     Args:
         path: where the tiny model lives (created when missing).
-        vision: ``clip``, ``siglip`` or ``dinov2`` tower (must match an existing model at ``path``).
+        vision: ``clip``, ``siglip``, ``dinov2``, ``dinov3``, ``sam`` or ``blip2`` tower (must match an existing model
+            at ``path``).
         seed: weight seed used when the model is generated.
     """
 
@@ -284,7 +292,7 @@ class TinyLlava(ModelSource):
                 if not (path / "config.json").is_file():
                     raise
         found = AutoConfig.from_pretrained(path).vision_config.model_type
-        expected = {"clip": "clip_vision_model", "siglip": "siglip_vision_model", "dinov2": "dinov2"}[self.vision]
+        expected = tiny_configs.vision_config(self.vision).model_type
         if found != expected:
             raise ConfigError(f"{str(path)!r} holds a tiny model with a {found!r} tower, not {self.vision!r}")
         return path
