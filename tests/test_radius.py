@@ -409,3 +409,34 @@ def test_image_sizes_sweep_the_input_resolution(tmp_path: Path, tiny_model_dir: 
         assert {r["vision_n_tokens"] for r in csv.DictReader(fh)} == {"36"}
     with pytest.raises(ConfigError, match="--image-sizes measures radii only"):
         radius_main([*argv, "--with-accuracy"])
+
+
+def test_towers_side_by_side(tmp_path: Path, tiny_model_dir: Path, demo_data_dir: Path) -> None:
+    """One command compares CLIP, SAM and DINOv3 towers (each adapted by the default HyperET targets): one summary,
+    one table, one plot; SAM's 4×4 spatial map counts as 16 tokens, DINOv3's CLS and 4 registers are not patches."""
+    from lit_hyperet.models.llava.tiny import make_tiny_model
+
+    dirs = {"clip": tiny_model_dir}
+    dirs |= {kind: make_tiny_model(tmp_path / kind, vision=kind, seed=0) for kind in ("sam", "dinov3")}
+    runs = []
+    for kind, model_dir in dirs.items():
+        runs += ["--run", f"{kind}={_config(tmp_path, model_dir, demo_data_dir, name=f'{kind}.yaml')}"]
+    out = tmp_path / "towers"
+    assert radius_main([*runs, "--max-samples", "4", "--out", str(out), "--no-mlflow"]) == 0
+    summary = json.loads((out / "radius_summary.json").read_text())
+    assert list(summary["runs"]) == ["clip", "sam", "dinov3"]
+    assert {name: run["model"]["vision_tower"] for name, run in summary["runs"].items()} == {
+        "clip": "clip_vision_model",
+        "sam": "sam_vision_model",
+        "dinov3": "dinov3_vit",
+    }
+    with (out / "radius_images.csv").open() as fh:
+        tokens = {(r["run"], r["vision_n_tokens"]) for r in csv.DictReader(fh)}
+    assert tokens == {("clip", "16"), ("sam", "16"), ("dinov3", "16")}
+    assert sorted(p.name for p in out.glob("*.png")) == ["radius.png"]
+    assert all(f"| {name} |" in (out / "radius_table.md").read_text() for name in dirs)
+    from lit_hyperet.user_errors import ConfigError
+
+    sam = str(tmp_path / "sam.yaml")
+    with pytest.raises(ConfigError, match="sam_vision_model tower has fixed position embeddings"):
+        radius_main(["--run", f"sam={sam}", "--image-sizes", "48", "--max-samples", "2", "--no-mlflow"])

@@ -27,7 +27,7 @@ from transformers.utils import is_torchvision_available
 
 from lit_hyperet.__main__ import main as cli_main
 from lit_hyperet.encoders import prefix_tokens, vision_half
-from lit_hyperet.hyperet import HyperETConfig
+from lit_hyperet.hyperet import HyperETConfig, adapted_module_names
 from lit_hyperet.models.llava import LlavaFromParts, LoraSettings, TinyLlava, build_llava, merge_and_save
 from lit_hyperet.models.llava.build import trainable_groups
 from lit_hyperet.models.tiny_configs import llama_config, vision_config
@@ -36,11 +36,12 @@ from lit_hyperet.user_errors import ConfigError
 
 TOWERS = ("dinov3", "sam", "blip2")
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
-#: HyperET targets per tower, named explicitly: DINOv3's separate q/v projections, SAM's and BLIP-2's fused qkv.
-TARGETS = {
-    "dinov3": r"vision_tower.*attention\.(q_proj|v_proj)$",
-    "sam": r"vision_tower.*qkv$",
-    "blip2": r"vision_tower.*qkv$",
+#: What the default HyperET targets adapt in each tiny tower (2 layers): DINOv3's separate q and v projections, the
+#: fused qkv of SAM and BLIP-2 (its q and v slices).
+ADAPTED = {
+    "dinov3": r"vision_tower\.model\.layer\.\d\.attention\.[qv]_proj$",
+    "sam": r"vision_tower\.vision_encoder\.layers\.\d\.attn\.qkv$",
+    "blip2": r"vision_tower\.encoder\.layers\.\d\.self_attn\.qkv$",
 }
 #: What each tiny tower looks like inside LLaVA: model_type, image processor, strategy, image tokens per image.
 EXPECTED = {
@@ -162,11 +163,14 @@ def test_trains_with_hyperet_and_lora_then_exports(tower_dirs: dict[str, Path], 
     torch.manual_seed(0)
     source = TinyLlava(str(tower_dirs[tower]), vision=tower)
     processor = source.load_processor()
-    model = build_llava(source, HyperETConfig(targets=TARGETS[tower]), lora=LORA)
+    model = build_llava(source, HyperETConfig(), lora=LORA)  # the default targets
     groups = trainable_groups(model)
     assert all(groups.values()), {g: len(p) for g, p in groups.items()}
-    projection = {"dinov3": r"\.attention\.[qv]_proj\.", "sam": r"\.attn\.qkv\.", "blip2": r"\.self_attn\.qkv\."}
-    assert all("vision_tower" in n and re.search(projection[tower], n) for n, _ in groups["hyperet"])
+    adapted_names = [name.removeprefix("base_model.model.model.") for name in adapted_module_names(model)]
+    fused = tower != "dinov3"
+    assert len(adapted_names) == (2 if fused else 4) and all(re.search(ADAPTED[tower], n) for n in adapted_names)
+    # diagonal M per q and v (slices of a fused qkv, or separate projections) in each of the 2 layers: 2 × 2 × 64
+    assert sum(p.numel() for _, p in groups["hyperet"]) == 2 * 2 * 64
 
     batch = {k: v for k, v in _batch(processor).items() if k in MODEL_KEYS}
     losses = _trained(model, batch, steps=10)
