@@ -13,6 +13,7 @@ import inspect
 import pickle
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -91,13 +92,16 @@ def stored_hparams(checkpoint: dict[str, Any], module_class: type, path: str | P
 _ABSENT = "<absent>"
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
+def flatten(value: Any, sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level of ``sep``-joined keys; tuples as lists, paths as strings."""
+    if isinstance(value, Mapping) and value:
         out: dict[str, Any] = {}
         for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+            out.update(flatten(item, sep, f"{prefix}{sep}{key}" if prefix else str(key)))
         return out
-    return {prefix: list(value) if isinstance(value, tuple) else value}
+    if isinstance(value, tuple):
+        value = list(value)
+    return {prefix: str(value) if isinstance(value, Path) else value}
 
 
 def _canonical(key: str, value: Any) -> Any:
@@ -119,7 +123,7 @@ def compare_hparams(
     and the configured ones. Layout keys are ``module_class.LAYOUT_HPARAMS`` (a key missing on one side differs);
     other keys are compared where both sides have them (a checkpoint stores only what its module was given)."""
     layout_keys = set(getattr(module_class, "LAYOUT_HPARAMS", ()))
-    a, b = ({k: _canonical(k, v) for k, v in _flatten(d).items()} for d in (stored, configured))
+    a, b = ({k: _canonical(k, v) for k, v in flatten(d).items()} for d in (stored, configured))
     layout, other = [], []
     for key in sorted(set(a) | set(b)):
         left, right = a.get(key, _ABSENT), b.get(key, _ABSENT)

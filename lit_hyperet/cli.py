@@ -22,7 +22,7 @@ from lit_hyperet.lit_module import HyperETLitModule
 from lit_hyperet.mlflow_store import prepare_tracking_store, tracking_uri
 from lit_hyperet.progress import StepProgressBar
 from lit_hyperet.results_table import ResultsTable
-from lit_hyperet.run_record import FIT_RUN_KEY, RunRecord, name_runs, run_params, run_tags
+from lit_hyperet.run_record import FIT_RUN_KEY, RunRecord, mlflow_loggers, name_runs, run_params, run_tags
 from lit_hyperet.user_errors import UserError
 
 DEFAULT_EXPERIMENT = "lit_hyperet"
@@ -60,9 +60,8 @@ class MLflowSaveConfigCallback(SaveConfigCallback):
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         text = self.parser.dump(self.config, skip_none=False)
-        for logger in trainer.loggers:
-            if isinstance(logger, MLFlowLogger):
-                logger.experiment.log_text(logger.run_id, text, self.config_filename)
+        for logger in mlflow_loggers(trainer):
+            logger.experiment.log_text(logger.run_id, text, self.config_filename)
 
 
 class ShortErrorParser(LightningArgumentParser):
@@ -165,8 +164,8 @@ class HyperETCLI(LightningCLI):
         subcommand_config = (self.config[self.subcommand] if self.subcommand else self.config).as_dict()
         files = [str(path) for path in subcommand_config.get("config") or []]
         loggers = config.get("logger")
-        name_runs(loggers if isinstance(loggers, list) else [loggers], files, stage)
-        tags = run_tags(subcommand_config, stage, files, self._fit_run_id)
+        creates = name_runs(loggers if isinstance(loggers, list) else [loggers], files, stage)
+        tags = run_tags(subcommand_config, stage, files, self._fit_run_id) if creates else {}
         callbacks = [*callbacks, ResultsTable(), RunRecord(run_params(subcommand_config), tags)]
         configured = config.get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]

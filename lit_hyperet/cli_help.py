@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import textwrap
 import typing
 from typing import Any
@@ -45,6 +46,7 @@ def _default(field: dataclasses.Field) -> Any:
     return None
 
 
+@functools.cache
 def options_text(width: int = 100) -> str:
     """One block per group: ``PREFIX.NAME  TYPE (default D)`` and the field's docstring line, wrapped."""
     import importlib

@@ -9,7 +9,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.loggers import MLFlowLogger
 from torch import nn
 
 from lit_hyperet.checkpoints import CheckpointError, module_from_checkpoint
@@ -24,7 +23,7 @@ from lit_hyperet.non_finite import (
     all_ranks_finite,
     stop_message,
 )
-from lit_hyperet.run_record import FIT_RUN_KEY
+from lit_hyperet.run_record import FIT_RUN_KEY, mlflow_loggers
 from lit_hyperet.schedule import WarmupCosineLR
 from lit_hyperet.sharding import gathered, shard_model
 from lit_hyperet.user_errors import ConfigError
@@ -208,7 +207,7 @@ class HyperETLitModule(pl.LightningModule):
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint[SKIPPED_STEPS_KEY] = self.skipped_steps
-        runs = [logger.run_id for logger in self.loggers if isinstance(logger, MLFlowLogger) and logger.run_id]
+        runs = [logger.run_id for logger in mlflow_loggers(self.trainer) if logger.run_id]
         if runs:  # evaluations of this checkpoint tag their MLflow run with it (rank 0 holds the run)
             checkpoint[FIT_RUN_KEY] = runs[0]
 

@@ -8,8 +8,9 @@ from typing import Any, TextIO
 import pandas as pd
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.trainer.states import TrainerFn
+
+from lit_hyperet.run_record import mlflow_loggers
 
 
 def stage_metrics(metrics: dict[str, Any], stage: str) -> dict[str, float]:
@@ -38,10 +39,15 @@ class ResultsTable(Callback):
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
+        self.validated_at: int | None = None  # the step of fit's last validation
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.state.fn == TrainerFn.VALIDATING and not trainer.sanity_checking:
+        if trainer.sanity_checking:
+            return
+        if trainer.state.fn == TrainerFn.VALIDATING:
             self._print(trainer, "val", _evaluated_weights(trainer))
+        else:
+            self.validated_at = trainer.global_step
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._print(trainer, "test", _evaluated_weights(trainer))
@@ -50,13 +56,15 @@ class ResultsTable(Callback):
         if stage_metrics(trainer.callback_metrics, "val"):
             callback = trainer.checkpoint_callback
             last = getattr(callback, "last_model_path", "") if callback is not None else ""
-            self._print(trainer, "val", f"this run's (last checkpoint: {last})" if last else "this run's")
+            weights = f"this run's (last checkpoint: {last})" if last else "this run's"
+            self._print(trainer, "val", weights, self.validated_at)
 
-    def _print(self, trainer: Trainer, stage: str, weights: str) -> None:
+    def _print(self, trainer: Trainer, stage: str, weights: str, step: int | None = None) -> None:
         if not trainer.is_global_zero:
             return
         metrics = stage_metrics(trainer.callback_metrics, stage)
-        text = results_text(stage, metrics, weights, _mlflow_run(trainer), trainer.global_step)
+        step = trainer.global_step if step is None else step
+        text = results_text(stage, metrics, weights, _mlflow_run(trainer), step)
         print(text, file=self.stream or sys.stdout, flush=True)
 
 
@@ -67,7 +75,5 @@ def _evaluated_weights(trainer: Trainer) -> str:
 
 
 def _mlflow_run(trainer: Trainer) -> str | None:
-    for logger in trainer.loggers:
-        if isinstance(logger, MLFlowLogger):
-            return logger.run_id
-    return None
+    loggers = mlflow_loggers(trainer)
+    return loggers[0].run_id if loggers else None

@@ -83,10 +83,6 @@ class WarmupCosineLR(SequentialLR):
         states, and the lrs it had set, put back into the optimiser (``LinearLR`` scales the current lr, so the
         warm-up goes on from the saved one even when the optimiser's state was not loaded)."""
         settings = (state_dict["warmup"], state_dict["total_steps"], state_dict["min_lr_ratio"])
-        if "_schedulers" not in state_dict:  # saved by the earlier LambdaLR-based version: same curve, step count only
-            self.warmup, self.total_steps, self.min_lr_ratio = settings
-            self._rebuild_at(int(state_dict["last_epoch"]))
-            return
         if settings != (self.warmup, self.total_steps, self.min_lr_ratio):
             self.warmup, self.total_steps, self.min_lr_ratio = settings
             self._chain(self.optimizer)

@@ -37,7 +37,7 @@ def is_layer(module: nn.Module, pattern: str = DEFAULT_LAYER_PATTERN) -> bool:
 
 
 def mixed_precision_policy(precision: str) -> MixedPrecisionPolicy | None:
-    """The FSDP2 policy for a Lightning ``trainer.precision`` value; other values are a ``ValueError``.
+    """The FSDP2 policy for a Lightning ``trainer.precision`` value; other values are a ``ConfigError``.
 
     ``*-true`` half precisions would cast the trainable master weights (and so the checkpoint) to 16 bits; under FSDP2
     use ``bf16-mixed``, which keeps float32 masters and computes in bf16.

@@ -45,6 +45,21 @@ def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> list[str]:
         ),
         (["--trainer.max_step", "3"], "unknown option --trainer.max_step (did you mean --trainer.max_steps?)"),
         (
+            ["--model.init_args.model.init_args.vison", "clip"],
+            "model.init_args.model.init_args.vison: TinyLlava has no such option "
+            "(did you mean model.init_args.model.init_args.vision?)",
+        ),
+        (
+            ["--model.init_args.optimizer.init_args.lrr", "0.1"],
+            "model.init_args.optimizer.init_args.lrr: AdamW has no such option "
+            "(did you mean model.init_args.optimizer.init_args.lr?)",
+        ),
+        (
+            ["--trainer.precision", "16-mixd"],
+            "trainer.precision: '16-mixd' is not one of transformer-engine, transformer-engine-float16, 16-true, "
+            "16-mixed, bf16-true, bf16-mixed, 32-true, 64-true, 64, 32, 16, bf16 (did you mean 16-mixed?)",
+        ),
+        (
             ["--trainer.logger.init_args.run_nam", "x"],
             "trainer.logger.init_args.run_nam: MLFlowLogger has no such option "
             "(did you mean trainer.logger.init_args.run_name?)",
@@ -108,3 +123,30 @@ def test_tool_commands_report_user_errors_in_one_line(tmp_path: Path, capsys: py
     lines = capsys.readouterr().err.strip().splitlines()
     assert [line for line in lines if line.startswith("error: ")] == lines and len(lines) == 2
     assert "missing.ckpt" in lines[0] and "missing.yaml" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (["--model.init_args.hyperet.curvature", "-1"], "error: hyperet.curvature must be > 0, got -1.0"),
+        (["--data.init_args.prompt_format", "QCM-X"], "error: unknown prompt format 'QCM-X'; expected '<IN>-<OUT>'"),
+        (
+            ["--data.init_args.eval_protocol", "answer_prefix", "--data.init_args.prompt_format", "QCM-LA"],
+            "error: data.eval_protocol='answer_prefix' needs an output format that starts with the answer",
+        ),
+    ],
+)
+def test_a_value_refused_while_building_the_classes_is_reported_as_itself(
+    override: list[str],
+    expected: str,
+    tiny_model_dir: Path,
+    demo_data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from helpers.demo_cli import demo_args
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main(["fit", *demo_args(tiny_model_dir, demo_data_dir, tmp_path / "out"), *override]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(expected)

@@ -93,3 +93,19 @@ def test_the_progress_bar_counts_the_epochs_the_run_reaches(
         max_epochs=max_epochs, max_steps=max_steps, num_training_batches=batches, accumulate_grad_batches=accumulate
     )
     assert bar.last_epoch() == expected
+
+
+def test_config_hash_ignores_where_outputs_go_and_what_is_loaded() -> None:
+    from lit_hyperet.run_record import config_hash
+
+    fit = {"model": {"init_args": {"hyperet_lr": 0.01}}, "trainer": {"max_steps": 3, "default_root_dir": "a"}}
+    test = {**fit, "trainer": {"max_steps": 3, "default_root_dir": "b"}, "ckpt_path": "x.ckpt", "verbose": False}
+    assert config_hash(fit) == config_hash(test)
+    assert config_hash(fit) != config_hash({**fit, "model": {"init_args": {"hyperet_lr": 0.02}}})
+
+
+def test_run_names_leave_strategy_configs_out() -> None:
+    from lit_hyperet.run_record import default_run_name
+
+    name = default_run_name(["configs/scienceqa/base.yaml", "encoders/clip.yaml", "configs/strategy/fsdp.yaml"], "fit")
+    assert name.rsplit("-", 1)[0] == "base+clip-fit" and len(name.rsplit("-", 1)[1]) == 6

@@ -126,31 +126,6 @@ def test_loaded_state_continues_the_same_curve(stop: int, restore_optimizer: boo
     assert uninterrupted == [pytest.approx(values, rel=1e-12) for values in expected]
 
 
-def test_state_saved_by_the_lambda_version_continues_the_same_curve() -> None:
-    """Checkpoints written while the schedule was a ``LambdaLR`` hold its settings and step count only."""
-    stop, total = 4, 6
-    legacy = {
-        "warmup": 0.5,
-        "total_steps": total,
-        "min_lr_ratio": 0.0,
-        "base_lrs": list(PEAKS),
-        "last_epoch": stop,
-        "_step_count": stop + 1,
-        "_is_initial": False,
-        "_get_lr_called_within_step": False,
-        "_last_lr": [peak * expected_factor(stop) for peak in PEAKS],
-        "lr_lambdas": [None],
-    }
-    opt = optimizer()
-    scheduler = WarmupCosineLR(opt, warmup=0.5, total_steps=-1)
-    scheduler.set_total_steps(10)
-    scheduler.load_state_dict(legacy)
-    assert (scheduler.total_steps, scheduler.last_epoch) == (total, stop)
-    applied = run(opt, scheduler, total + 1 - stop)
-    expected = [[peak * expected_factor(step) for peak in PEAKS] for step in range(stop, total + 1)]
-    assert applied == [pytest.approx(values, rel=1e-12, abs=1e-18) for values in expected]
-
-
 def test_fit_runs_the_schedule_from_the_first_warmup_value(
     tiny_model_dir: Path, demo_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

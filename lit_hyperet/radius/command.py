@@ -55,7 +55,8 @@ reliability.csv / reliability.md / reliability.png (accuracy per radius quantile
 EXAMPLES = """\
 examples:
   python -m lit_hyperet radius --config configs/demo.yaml --max-samples 64
-  python -m lit_hyperet radius --run before=configs/demo.yaml --run after=configs/demo.yaml:outputs/demo/last.ckpt
+  python -m lit_hyperet radius --run before=configs/demo.yaml \\
+      --run after=configs/demo.yaml:outputs/demo/checkpoints/last.ckpt
   python -m lit_hyperet radius --runs encoders.yaml --projector   # runs: [{name, config, ckpt}]"""
 
 
@@ -189,6 +190,7 @@ def default_out(specs: Sequence[RunSpec]) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m lit_hyperet radius``."""
+    from lit_hyperet.radius.analysis import image_means
     from lit_hyperet.radius.outputs import write_outputs
 
     args = build_parser().parse_args(argv)
@@ -205,12 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else default_out(specs)
     written = write_outputs(results, out, args, specs)
     for res in results:
-        rad = [r.values["vision"]["rad"].mean() for r in res.records]
-        nrm = [r.values["vision"]["norm_radius"].mean() for r in res.records]
+        rad, nrm = (image_means(res.records, "vision", quantity).mean() for quantity in ("rad", "norm_radius"))
         print(
             f"{res.name}: {len(res.records)} images ({res.skipped_text_only} text-only skipped of "
-            f"{res.samples_seen} samples); vision rad (mean of image means) "
-            f"{sum(rad) / len(rad):.4f}, norm_radius {sum(nrm) / len(nrm):.4f}"
+            f"{res.samples_seen} samples); vision rad (mean of image means) {rad:.4f}, norm_radius {nrm:.4f}"
         )
     for kind, path in written.items():
         print(f"{kind}: {path}")

@@ -117,7 +117,7 @@ def set_image_size(module: Any, image_processor: Any, size: int) -> None:
 
 
 def check_specs(specs: list[RunSpec]) -> None:
-    """Unique names, existing config and checkpoint files; ``FileNotFoundError``/``ValueError`` naming the run."""
+    """Unique names, existing config and checkpoint files; a ``ConfigError`` / ``CheckpointError`` naming the run."""
     if not specs:
         raise ConfigError("no run given: use --config, --run NAME=CONFIG[:CKPT] or --runs FILE.yaml")
     names = [s.name for s in specs]

@@ -116,11 +116,6 @@ def num_prefix_tokens(vision_config, seq_len: int) -> int:
         return extra
 
 
-def has_cls(vision_config, seq_len: int) -> bool:
-    """Whether the tower emits a CLS token (first token) before its patches."""
-    return num_prefix_tokens(vision_config, seq_len) >= 1
-
-
 def resolved_layer(llava: nn.Module, selection: TokenSelection) -> int | list[int]:
     """The layer(s) the vision radii use: ``selection.layer`` or the config's ``vision_feature_layer``."""
     layer = selection.layer if selection.layer is not None else unwrap_llava(llava).config.vision_feature_layer

@@ -122,10 +122,10 @@ class ScienceQADataModule(ConversationDataModule):
     def prepare_data(self) -> None:
         """Write the demo dataset to the demo's own ``data_dir`` when asked and missing; refuse a missing dataset
         anywhere else with the path and what belongs there."""
-        from lit_hyperet.tasks.scienceqa.demo import DEMO_DATA_DIR, make_demo_data
-
         if self.layout == "parquet" or (self.data_dir / "problems.json").exists():
             return  # the readers name any file that is missing from here on
+        from lit_hyperet.tasks.scienceqa.demo import DEMO_DATA_DIR, make_demo_data
+
         if self.make_demo_if_missing and self.data_dir.resolve() == Path(DEMO_DATA_DIR).resolve():
             log.warning("%s has no problems.json: writing the synthetic demo dataset there", self.data_dir)
             make_demo_data(self.data_dir, num_problems=self.demo_num_problems, seed=self.demo_seed)
@@ -152,7 +152,7 @@ class ScienceQADataModule(ConversationDataModule):
         problems = self.load_problems(role)
         if problems is None:
             return None
-        prefix = ANSWER_PREFIX if self.eval_protocol == "answer_prefix" and role != "train" else ""
+        prefix = self.answer_prefix if self.eval_protocol == "answer_prefix" and role != "train" else ""
         source = str(self.data_dir / "problems.json") if self.layout == "raw" else str(self.data_dir)
         return [
             scienceqa_conversation(
