@@ -19,6 +19,10 @@ TOOLS: dict[str, tuple[str, str]] = {
         "lit_hyperet.tasks.scienceqa.demo:main",
         "write a synthetic dataset in the ScienceQA raw layout",
     ),
+    "make-caption-demo-data": (
+        "lit_hyperet.tasks.captions.demo:main",
+        "write a synthetic caption dataset in the Karpathy layout",
+    ),
     "scienceqa-score": (
         "lit_hyperet.tasks.scienceqa.scoring:main",
         "score predictions with the official ScienceQA categories",
@@ -31,10 +35,11 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def _usage() -> str:
+    width = max(map(len, [*TOOLS, *LIGHTNING_COMMANDS]))
     lines = ["usage: python -m lit_hyperet <command> [options]", "", "Lightning commands (LightningCLI):"]
-    lines += [f"  {c:<18} see `python -m lit_hyperet {c} --help`" for c in LIGHTNING_COMMANDS]
+    lines += [f"  {c:<{width}} see `python -m lit_hyperet {c} --help`" for c in LIGHTNING_COMMANDS]
     lines += ["", "Tools:"]
-    lines += [f"  {name:<18} {help_}" for name, (_, help_) in TOOLS.items()]
+    lines += [f"  {name:<{width}} {help_}" for name, (_, help_) in TOOLS.items()]
     return "\n".join(lines)
 
 
