@@ -12,8 +12,8 @@ from lit_hyperet.cli_errors import TRACEBACK_ENV
 # an exit code. Modules are imported lazily so ``--help`` and light tools start fast.
 TOOLS: dict[str, tuple[str, str]] = {
     "make-tiny-model": (
-        "lit_hyperet.models.llava.tiny:main",
-        "write a random-initialised tiny LLaVA with tokenizer/processor",
+        "lit_hyperet.models.tiny_command:main",
+        "write a random-initialised tiny LLaVA or BLIP-2 retrieval model with its processor",
     ),
     "make-demo-data": (
         "lit_hyperet.tasks.scienceqa.demo:main",

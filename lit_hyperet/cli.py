@@ -18,11 +18,11 @@ from lit_hyperet.checkpoints import CheckpointError, compare_hparams, read_check
 from lit_hyperet.class_paths import import_class
 from lit_hyperet.cli_errors import TRACEBACK_ENV, short_error
 from lit_hyperet.cli_help import EpilogHelpFormatter, add_options_epilog
-from lit_hyperet.lit_module import HyperETLitModule
 from lit_hyperet.mlflow_store import prepare_tracking_store, tracking_uri
 from lit_hyperet.progress import StepProgressBar
 from lit_hyperet.results_table import ResultsTable
 from lit_hyperet.run_record import FIT_RUN_KEY, RunRecord, mlflow_loggers, name_runs, run_params, run_tags
+from lit_hyperet.trainable_module import TrainableOnlyModule
 from lit_hyperet.user_errors import UserError
 
 DEFAULT_EXPERIMENT = "lit_hyperet"
@@ -79,7 +79,8 @@ class ShortErrorParser(LightningArgumentParser):
 
 
 class HyperETCLI(LightningCLI):
-    """LightningCLI with the model's processor linked into the datamodule and project defaults."""
+    """LightningCLI with the model's processor linked into the datamodule and project defaults; the model is any
+    :class:`~lit_hyperet.trainable_module.TrainableOnlyModule` (``HyperETLitModule``, ``HyperbolicAlignmentModule``)."""
 
     #: MLflow run of the fit that wrote ``--ckpt_path`` (when the checkpoint records it).
     _fit_run_id: str | None = None
@@ -211,8 +212,10 @@ def cli_main(args: ArgsType = None, run: bool = True) -> HyperETCLI:
     """Entry point of ``python -m lit_hyperet fit|validate|test|predict``."""
     caller_group = _process_group_initialized()
     try:
+        # Any of the project's LightningModules (HyperETLitModule, HyperbolicAlignmentModule), chosen by the config's
+        # model.class_path; each exposes the `processor` linked into the datamodule.
         return HyperETCLI(
-            HyperETLitModule,
+            TrainableOnlyModule,
             LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,

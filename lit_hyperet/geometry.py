@@ -1,15 +1,19 @@
-"""Poincaré-ball maps used by HyperET, on top of geoopt's functional stereographic math.
+"""Hyperbolic maps: the Poincaré ball (HyperET, hyperbolic image–text alignment) and the Lorentz model (MERU's
+image–text alignment), on top of geoopt's functional stereographic math.
 
-The ball has curvature ``-c`` (``c > 0``); every map acts on the last dimension (row-wise for a weight matrix in
+The spaces have curvature ``-c`` (``c > 0``); every map acts on the last dimension (row-wise for a weight matrix in
 PyTorch's ``(out, in)`` layout). All maps compute in at least float32 with autocast disabled (float64 stays float64)
 and return the input's dtype: hyperbolic maps in bf16/fp16 leave the ball (see the project's pitfalls notes).
 
-Two families live here:
+Three families live here:
 
 * thin wrappers over geoopt (:func:`exp0`, :func:`log0`, :func:`mobius_matvec`, :func:`project`, :func:`radius`),
-  used wherever geoopt's own epsilons are acceptable;
+  used wherever geoopt's own epsilons are acceptable, and the all-pairs Poincaré distance
+  (:func:`poincare_pairwise_distance`, closed form, checked against geoopt's ``dist``);
 * :func:`released_hyperbolic_chain`, the one function that writes out the clamped chain of the released HyperET code
-  (``log0(M ⊗_c exp0(w))`` with its specific clamps), because geoopt's epsilons differ from the released ones.
+  (``log0(M ⊗_c exp0(w))`` with its specific clamps), because geoopt's epsilons differ from the released ones;
+* the Lorentz model as MERU stores it (space components only, the time component computed):
+  :func:`lorentz_exp0`, :func:`lorentz_time`, :func:`lorentz_pairwise_distance`, :func:`lorentz_radius`.
 """
 
 from __future__ import annotations
@@ -170,3 +174,85 @@ def released_chain_clamp_mask(w: Tensor, mw: Tensor, c: float | Tensor = 0.01, m
     y_norm = torch.tanh(s * mw_norm) / s
     fires |= (y_norm < NORM_FLOOR * lo) & (mw_norm > 0)
     return fires
+
+
+# ---------------------------------------------------------------------------------------------------- distances
+
+#: geoopt's margin inside the ball for its projection (``PoincareBall.expmap0(..., project=True)``): points are kept at
+#: ``√c‖x‖ ≤ 1 − margin``; in float32 the radius therefore saturates at ``2·artanh(1 − 4e-3)/√c ≈ 6.21/√c``.
+GEOOPT_BALL_MARGIN = {torch.float32: 4e-3, torch.float64: 1e-5}
+#: MERU's sinh input clamp of the Lorentz exponential map: ``√c‖v‖`` in ``[1e-8, asinh(2^15)]``.
+LORENTZ_SINH_MIN = 1e-8
+LORENTZ_SINH_MAX = math.asinh(2.0**15)
+
+
+def ball_margin(dtype: torch.dtype) -> float:
+    """geoopt's projection margin for ``dtype`` (float32's for half precision, which these maps never compute in)."""
+    return GEOOPT_BALL_MARGIN.get(dtype, GEOOPT_BALL_MARGIN[torch.float32])
+
+
+def acosh_floor(dtype: torch.dtype) -> float:
+    """The lower clamp of ``acosh``'s argument: ``1 + max(1e-8, machine epsilon)``.
+
+    MERU clamps at ``1 + 1e-8``, which float32 rounds to exactly 1, where ``acosh``'s derivative is infinite (identical
+    points then give NaN gradients); the next float above 1 keeps it finite. float64 keeps MERU's ``1 + 1e-8``.
+    """
+    return 1.0 + max(1e-8, torch.finfo(dtype).eps)
+
+
+def _c(c: float | Tensor, like: Tensor) -> Tensor:
+    c = c if isinstance(c, Tensor) else torch.tensor(float(c), dtype=torch.float64)
+    return c.to(device=like.device, dtype=like.dtype).reshape(())
+
+
+@at_least_fp32
+def poincare_pairwise_distance(x: Tensor, y: Tensor, c: float | Tensor = 1.0) -> Tensor:
+    """Poincaré distance between every row of ``x`` (``[..., N, D]``) and every row of ``y`` (``[M, D]``):
+    ``[..., N, M]`` of ``(1/√c) acosh(1 + 2c‖x − y‖² / ((1 − c‖x‖²)(1 − c‖y‖²)))``.
+
+    The closed form equals geoopt's ``dist`` (``2/√c · artanh(√c‖(−x) ⊕_c y‖)``) but needs one matrix product instead
+    of an ``N × M × D`` Möbius sum. ``acosh``'s argument is clamped at :func:`acosh_floor`.
+    """
+    c = _c(c, x)
+    x2 = (x * x).sum(-1)
+    y2 = (y * y).sum(-1)
+    sq = (x2[..., :, None] + y2 - 2 * x @ y.transpose(-1, -2)).clamp_min(0)
+    denom = ((1 - c * x2)[..., :, None] * (1 - c * y2)).clamp_min(torch.finfo(x.dtype).tiny)
+    arg = (1 + 2 * c * sq / denom).clamp_min(acosh_floor(x.dtype))
+    return torch.acosh(arg) / c.sqrt()
+
+
+@at_least_fp32
+def lorentz_exp0(v: Tensor, c: float | Tensor = 1.0) -> Tensor:
+    """MERU's exponential map at the hyperboloid's origin, returning the space components
+    ``sinh(√c‖v‖) v / (√c‖v‖)`` (``sinh``'s input clamped to ``[1e-8, asinh(2^15)]``; the time component is
+    :func:`lorentz_time`)."""
+    rc_norm = _c(c, v).sqrt() * v.norm(dim=-1, keepdim=True)
+    sinh_input = rc_norm.clamp(LORENTZ_SINH_MIN, LORENTZ_SINH_MAX)
+    return torch.sinh(sinh_input) * v / rc_norm.clamp_min(LORENTZ_SINH_MIN)
+
+
+@at_least_fp32
+def lorentz_time(x: Tensor, c: float | Tensor = 1.0) -> Tensor:
+    """The time component ``√(1/c + ‖x‖²)`` of hyperboloid points stored by their space components ``x``; reduces
+    the last dim."""
+    return (1 / _c(c, x) + (x * x).sum(-1)).sqrt()
+
+
+@at_least_fp32
+def lorentz_pairwise_distance(x: Tensor, y: Tensor, c: float | Tensor = 1.0) -> Tensor:
+    """Geodesic distance on the hyperboloid between every row of ``x`` (``[..., N, D]``) and every row of ``y``
+    (``[M, D]``), both space components: ``[..., N, M]`` of ``acosh(−c⟨x, y⟩_L) / √c`` with
+    ``⟨x, y⟩_L = x·y − x_t y_t`` (MERU's ``pairwise_dist``; ``acosh``'s argument clamped at :func:`acosh_floor`)."""
+    c = _c(c, x)
+    inner = x @ y.transpose(-1, -2) - lorentz_time(x, c)[..., :, None] * lorentz_time(y, c)
+    return torch.acosh((-c * inner).clamp_min(acosh_floor(x.dtype))) / c.sqrt()
+
+
+@at_least_fp32
+def lorentz_radius(x: Tensor, c: float | Tensor = 1.0) -> Tensor:
+    """Distance of hyperboloid points (space components) to the origin ``(0, 1/√c)``: ``acosh(√c x_t)/√c``, computed
+    as the equal ``asinh(√c‖x‖)/√c`` (exact near the origin); reduces the last dim. ``lorentz_radius(lorentz_exp0(v))
+    = ‖v‖`` where no clamp fires."""
+    s = _c(c, x).sqrt()
+    return torch.asinh(s * x.norm(dim=-1)) / s

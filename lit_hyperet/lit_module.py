@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from lit_hyperet.checkpoints import CheckpointError, module_from_checkpoint
-from lit_hyperet.class_paths import callable_from_spec, instantiate, is_spec, to_spec
+from lit_hyperet.class_paths import to_spec
 from lit_hyperet.hyperet import HyperETConfig, adapted_module_names, hyperet_report, summarize_report
 from lit_hyperet.models.llava import LoraSettings, build_llava, count_parameters, trainable_groups
 from lit_hyperet.models.loading import ModelSource
@@ -23,33 +20,13 @@ from lit_hyperet.non_finite import (
     all_ranks_finite,
     stop_message,
 )
-from lit_hyperet.run_record import FIT_RUN_KEY, mlflow_loggers
 from lit_hyperet.schedule import WarmupCosineLR
 from lit_hyperet.sharding import gathered, shard_model
+from lit_hyperet.trainable_module import TrainableOnlyModule, as_dataclass, as_source
 from lit_hyperet.user_errors import ConfigError
 
 log = logging.getLogger(__name__)
 SKIPPED_STEPS_KEY = "non_finite_skipped_steps"
-
-
-def _as_source(value: ModelSource | dict[str, Any]) -> ModelSource:
-    if isinstance(value, ModelSource):
-        return value
-    if is_spec(value):
-        return instantiate(value, base=ModelSource)
-    raise TypeError(f"model must be a ModelSource or a class_path/init_args dict, got {value!r}")
-
-
-def _as_dataclass(value: Any, cls: type) -> Any:
-    if value is None or isinstance(value, cls):
-        return value
-    if isinstance(value, dict):
-        return cls(**value)
-    raise TypeError(f"expected {cls.__name__}, a dict of its fields, or None; got {value!r}")
-
-
-def _as_factory(value: Any, base: type) -> Any:
-    return callable_from_spec(value, base=base) if is_spec(value) else value
 
 
 def _drop_gradients(optimizer: Any) -> None:
@@ -58,7 +35,7 @@ def _drop_gradients(optimizer: Any) -> None:
             p.grad = None  # torch optimisers leave parameters without a gradient as they are
 
 
-class HyperETLitModule(pl.LightningModule):
+class HyperETLitModule(TrainableOnlyModule):
     """Trains HyperET matrices, the projector and LoRA on a LLaVA model; evaluates by greedy generation.
 
     Args:
@@ -123,36 +100,19 @@ class HyperETLitModule(pl.LightningModule):
         # load with torch.load(weights_only=True).
         for key, value in list(self.hparams.items()):
             self.hparams[key] = to_spec(value)
-        self.source = _as_source(model)
-        self.hyperet_config: HyperETConfig | None = _as_dataclass(hyperet, HyperETConfig)
-        self.lora_settings: LoraSettings | None = _as_dataclass(lora, LoraSettings)
+        self.source = as_source(model)
+        self.hyperet_config: HyperETConfig | None = as_dataclass(hyperet, HyperETConfig)
+        self.lora_settings: LoraSettings | None = as_dataclass(lora, LoraSettings)
         # Resolved when training starts, so loading a checkpoint for evaluation or export builds no optimiser.
         self._optimizer_spec, self._scheduler_spec = optimizer, lr_scheduler
         self.processor = self.source.load_processor()
         self.llava: nn.Module | None = None
         self.val_metric: Any = None
         self.test_metric: Any = None
-        # Checkpoints hold only the trainable tensors; load_state_dict checks that exactly those are present.
-        self.strict_loading = False
         if non_finite not in NON_FINITE_POLICIES:
             raise ConfigError(f"non_finite must be one of {NON_FINITE_POLICIES}, got {non_finite!r}")
         self.skipped_steps = 0
         self._drop_update = False
-
-    @classmethod
-    def load_from_checkpoint(  # type: ignore[override]
-        cls,
-        checkpoint_path: str | Path,
-        map_location: Any = None,
-        hparams_file: Any = None,
-        strict: bool | None = None,
-        **kwargs: Any,
-    ) -> HyperETLitModule:
-        """The module rebuilt from a checkpoint's stored hyper-parameters (``kwargs`` override them) with its
-        trainable tensors loaded; never runs code the checkpoint names (see :mod:`lit_hyperet.checkpoints`)."""
-        if hparams_file is not None:
-            raise TypeError("hparams_file is not supported: the hyper-parameters come from the checkpoint")
-        return module_from_checkpoint(cls, checkpoint_path, map_location, overrides=kwargs)
 
     # ------------------------------------------------------------------------------------------------ model
 
@@ -186,52 +146,16 @@ class HyperETLitModule(pl.LightningModule):
         """The transformers model's forward."""
         return self.llava(**batch)
 
-    def trainable_state_keys(self) -> set[str]:
-        """State-dict keys of the trainable tensors (what checkpoints hold)."""
-        return {name for name, p in self.named_parameters() if p.requires_grad}
-
-    def check_state_keys(self, keys: Any, source: str = "checkpoint") -> None:
-        """``CheckpointError`` unless ``keys`` are exactly the trainable state keys of the configured model."""
-        self.configure_model()
-        expected, given = self.trainable_state_keys(), set(keys)
-        if given != expected:
-            missing, unexpected = sorted(expected - given), sorted(given - expected)
-            raise CheckpointError(
-                f"{source}: its tensors do not match the configured model's trainable parameters: "
-                f"missing {missing[:10]} ({len(missing)}), "
-                f"unexpected {unexpected[:10]} ({len(unexpected)})"
-            )
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only trainable tensors (HyperET, projector, LoRA), and the count of skipped non-finite steps."""
-        keep = self.trainable_state_keys()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        super().on_save_checkpoint(checkpoint)
         checkpoint[SKIPPED_STEPS_KEY] = self.skipped_steps
-        runs = [logger.run_id for logger in mlflow_loggers(self.trainer) if logger.run_id]
-        if runs:  # evaluations of this checkpoint tag their MLflow run with it (rank 0 holds the run)
-            checkpoint[FIT_RUN_KEY] = runs[0]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check the tensors are the configured model's trainable set (naming the file), before Lightning loads them;
         a resumed run goes on counting skipped non-finite steps."""
-        if "state_dict" in checkpoint:  # FSDP2Strategy has loaded (and checked) them already
-            self.check_state_keys(checkpoint["state_dict"], source=str(self.trainer.ckpt_path))
+        super().on_load_checkpoint(checkpoint)
         self.skipped_steps = int(checkpoint.get(SKIPPED_STEPS_KEY, 0))
-
-    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """Load a trainable-only state dict onto the rebuilt frozen model; any other key set is an error.
-
-        The frozen keys are checked to be exactly the ones left out, so none is reported missing.
-        """
-        self.check_state_keys(state_dict)
-        expected = self.trainable_state_keys()
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        frozen = set(self.state_dict()) - expected
-        if set(result.missing_keys) != frozen:
-            raise RuntimeError(
-                f"keys left unloaded are not the frozen ones: {sorted(set(result.missing_keys) ^ frozen)[:10]}"
-            )
-        return result._replace(missing_keys=[])  # the frozen weights came from the model source, as they should
 
     # ------------------------------------------------------------------------------------------------ optimisation
 
@@ -248,11 +172,7 @@ class HyperETLitModule(pl.LightningModule):
                     groups.append({"params": chosen, "lr": lrs[name], "weight_decay": wd, "name": name + suffix})
         if not groups:
             raise ConfigError("nothing to train: enable HyperET, the projector or LoRA")
-        optimizer = _as_factory(self._optimizer_spec, torch.optim.Optimizer)(groups)
-        scheduler = _as_factory(self._scheduler_spec, torch.optim.lr_scheduler.LRScheduler)(optimizer)
-        if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps < 0:
-            scheduler.set_total_steps(int(self.trainer.estimated_stepping_batches))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return self.build_optimization(groups, self._optimizer_spec, self._scheduler_spec)
 
     # ------------------------------------------------------------------------------------------------ steps
 

@@ -1,4 +1,5 @@
-"""The import direction ARCHITECTURE.md describes: adapter core → models; data → tasks; both → lit_module → tools."""
+"""The import direction ARCHITECTURE.md describes: adapter core (and the alignment maths) → models; data → tasks; both →
+the LightningModules → tools."""
 
 from __future__ import annotations
 
@@ -27,13 +28,17 @@ AREAS = tuple(
     for path in PACKAGE.iterdir()
     if (path.suffix == ".py" and path.stem != "__init__") or (path / "__init__.py").is_file()
 )
+# the LightningModules and their shared base: they join model families and tasks
+LIT_MODULES = ("lit_module", "alignment_module", "trainable_module")
 # area -> areas it must never import (an area is a top-level module or subpackage of lit_hyperet)
 FORBIDDEN = {
-    **{core: ("models", "data", "tasks", "lit_module", *TOOLS) for core in CORE},
-    "models": ("data", "tasks", "metrics", "lit_module", *TOOLS),
-    "data": ("models", "tasks", "lit_module", *TOOLS),
-    "tasks": ("models", "lit_module", *TOOLS),
-    "metrics": ("models", "data", "tasks", "lit_module", *TOOLS),
+    **{core: ("models", "data", "tasks", "alignment", *LIT_MODULES, *TOOLS) for core in CORE},
+    # image–text alignment maths: model-agnostic like the adapter core (torch, geoopt and geometry only)
+    "alignment": ("models", "data", "tasks", "metrics", "hyperet", "structured", "encoders", *LIT_MODULES, *TOOLS),
+    "models": ("data", "tasks", "metrics", *LIT_MODULES, *TOOLS),
+    "data": ("models", "tasks", *LIT_MODULES, *TOOLS),
+    "tasks": ("models", *LIT_MODULES, *TOOLS),
+    "metrics": ("models", "data", "tasks", *LIT_MODULES, *TOOLS),
     # the user's-mistake exceptions: a leaf every layer may import
     "user_errors": tuple(area for area in AREAS if area != "user_errors"),
 }

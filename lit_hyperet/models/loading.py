@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,25 @@ def load_complete(cls: Any, path: str | Path, what: str, **kwargs: Any) -> PreTr
     if bad:
         raise ConfigError(f"{what} {str(path)!r} lacks or mismatches {len(bad)} weights of {cls.__name__}: {bad[:10]}")
     return model
+
+
+def generate_once(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """``path``, first written by ``write(dir)`` unless it holds a ``config.json``: into a temporary sibling dir renamed
+    into place, so no process (rank) ever sees a half-written model; when another process wrote it first, its copy
+    is kept."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        write(tmp)
+        tmp.chmod(0o755)
+        try:
+            os.rename(tmp, path)  # replaces an empty dir; fails if another process wrote the model first
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (path / "config.json").is_file():
+                raise
+    return path
 
 
 class ModelSource(ABC):

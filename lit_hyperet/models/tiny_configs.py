@@ -1,5 +1,5 @@
 """Configs of tiny random-weight models: vision towers (CLIP, SigLIP, DINOv2, DINOv3, SAM, BLIP-2), a Llama LLM and the
-LLaVA joining them.
+LLaVA joining them, and BLIP-2's Q-Former and image–text retrieval model.
 
 One place for the sizes that ``make-tiny-model``, the benchmarks and the tests build from. Every size is a keyword
 argument whose default is the tiny model's; only ``transformers`` config classes and the tower facts of
@@ -11,12 +11,15 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from transformers import (
+    Blip2Config,
+    Blip2QFormerConfig,
     Blip2VisionConfig,
     CLIPVisionConfig,
     Dinov2Config,
     DINOv3ViTConfig,
     LlamaConfig,
     LlavaConfig,
+    OPTConfig,
     PreTrainedConfig,
     SamVisionConfig,
     SiglipVisionConfig,
@@ -39,6 +42,17 @@ VISION_FEATURE_LAYER = -2  # LLaVA-1.5: penultimate layer
 DINOV3_REGISTERS = 4  # as every released DINOv3 ViT
 SAM_WINDOW = 2  # the 4 x 4 patch grid in 2 x 2 windows; the last layer attends globally, as SAM's global_attn_indexes
 SAM_NECK_CHANNELS = 32  # SAM's neck (output_channels): computed by the tower, not read by LLaVA
+QFORMER_WIDTH = 64
+QFORMER_LAYERS = 2
+QFORMER_HEADS = 4
+QFORMER_VOCAB = 1024
+QFORMER_MAX_POSITIONS = 64
+NUM_QUERY_TOKENS = 8
+IMAGE_TEXT_WIDTH = 32  # the contrastive embedding size D of BLIP-2's projections
+# With BLIP-2's std 0.02, a random 64-wide Q-Former's outputs hardly depend on its input (about 0.5% relative spread
+# across images or captions): contrastive training then sits at uniform logits for hundreds of steps. A larger std gives
+# the tiny Q-Former the input-dependent outputs a trained one has (as TEXT_INIT_STD does for the tiny LLaVA's LLM).
+QFORMER_INIT_STD = 0.2
 # SAM's and BLIP-2's configs default to initializer_range 1e-10 (their checkpoints overwrite the weights): a random
 # tower initialised so would emit near-constant features.
 TOWER_INIT_STD = 0.02
@@ -150,4 +164,68 @@ def llava_config(
         projector_hidden_act=projector_hidden_act,
         vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy=vision_feature_select_strategy,
+    )
+
+
+def qformer_config(
+    *,
+    vocab_size: int = QFORMER_VOCAB,
+    hidden_size: int = QFORMER_WIDTH,
+    intermediate_size: int | None = None,
+    num_hidden_layers: int = QFORMER_LAYERS,
+    num_attention_heads: int = QFORMER_HEADS,
+    max_position_embeddings: int = QFORMER_MAX_POSITIONS,
+    pad_token_id: int = 0,
+    initializer_range: float = QFORMER_INIT_STD,
+) -> Blip2QFormerConfig:
+    """BLIP-2's Q-Former: cross-attention to the image in every layer (``cross_attention_frequency`` 1), the text
+    input on (``use_qformer_text_input``; without it any text pass fails: its layers then lack the text MLP), weights
+    drawn with std :data:`QFORMER_INIT_STD`."""
+    return Blip2QFormerConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size if intermediate_size is None else intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        max_position_embeddings=max_position_embeddings,
+        cross_attention_frequency=1,
+        use_qformer_text_input=True,
+        pad_token_id=pad_token_id,
+        initializer_range=initializer_range,
+    )
+
+
+def opt_config(*, vocab_size: int = QFORMER_VOCAB, hidden_size: int = 64, num_hidden_layers: int = 2) -> OPTConfig:
+    """A tiny OPT config: ``Blip2Config`` needs a language model's config, which the retrieval model never builds."""
+    return OPTConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        word_embed_proj_dim=hidden_size,
+        ffn_dim=2 * hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+    )
+
+
+def blip2_config(
+    vision: PreTrainedConfig | None = None,
+    qformer: Blip2QFormerConfig | None = None,
+    *,
+    num_query_tokens: int = NUM_QUERY_TOKENS,
+    image_text_hidden_size: int = IMAGE_TEXT_WIDTH,
+) -> Blip2Config:
+    """BLIP-2 for image–text retrieval (``Blip2ForImageTextRetrieval``): the tiny BLIP-2 tower, the tiny Q-Former,
+    ``num_query_tokens`` queries and ``image_text_hidden_size``-wide contrastive embeddings; the Q-Former's text
+    embeddings and the projections are drawn with :data:`QFORMER_INIT_STD` like the Q-Former (the vision tower keeps
+    its own std). ``image_token_index`` is ``None``: the retrieval model then reads text without image placeholder
+    tokens."""
+    return Blip2Config(
+        vision_config=vision if vision is not None else vision_config("blip2"),
+        qformer_config=qformer if qformer is not None else qformer_config(),
+        text_config=opt_config(),
+        num_query_tokens=num_query_tokens,
+        image_text_hidden_size=image_text_hidden_size,
+        image_token_index=None,
+        initializer_range=QFORMER_INIT_STD,  # the weights the top model owns: text embeddings and projections
     )

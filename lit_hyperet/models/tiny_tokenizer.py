@@ -1,11 +1,12 @@
-"""A small byte-level BPE tokenizer trained offline on a built-in ScienceQA/LLaVA-flavoured corpus."""
+"""The tiny models' tokenizers: a small byte-level BPE tokenizer trained offline on a built-in ScienceQA/LLaVA-flavoured
+corpus (tiny LLaVA), and a BERT WordPiece tokenizer over a fixed caption vocabulary (tiny BLIP-2 Q-Former)."""
 
 from __future__ import annotations
 
 import itertools
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import BertTokenizer, PreTrainedTokenizerFast
 
 UNK, BOS, EOS, PAD, IMAGE = "<unk>", "<s>", "</s>", "<pad>", "<image>"
 SPECIAL_TOKENS = (UNK, BOS, EOS, PAD, IMAGE)  # ids 0..4 in this order
@@ -143,3 +144,35 @@ def _check_answer_tokens(tokenizer: PreTrainedTokenizerFast) -> None:
     full = tokenizer.encode("The answer is A.")
     if full[: len(prefix)] != prefix:
         raise RuntimeError("tiny tokenizer: 'The answer is' does not tokenize as a prefix of 'The answer is A.'")
+
+
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in this order ([PAD] = 0)
+#: Words of synthetic shape captions ("a shape" … "a red square on the left") and common caption words.
+CAPTION_WORDS = (
+    *("a", "an", "the", "on", "in", "at", "of", "to", "and", "with", "is", "are", "there", "one", "two", "three"),
+    *("shape", "shapes", "object", "objects", "image", "picture", "photo", "background", "small", "large", "big"),
+    *("left", "right", "top", "bottom", "center", "centre", "middle", "upper", "lower", "corner", "side"),
+    *_COLOURS,
+    *("black", "white", "gray", "grey", "pink", "brown", "cyan", "magenta", "colour", "color", "coloured", "colored"),
+    *_SHAPES,
+    *("rectangle", "star", "diamond", "cross", "ellipse", "hexagon", "disk", "dot", "square", "circles", "squares"),
+    *("triangles", "man", "woman", "person", "people", "dog", "cat", "sitting", "standing", "next", "near"),
+    *(".", ",", "!", "?", "'", "-"),
+)
+
+
+def caption_vocabulary() -> dict[str, int]:
+    """Token -> id: the BERT special tokens first, then :data:`CAPTION_WORDS` (each once, lower case)."""
+    tokens = list(dict.fromkeys([*BERT_SPECIAL_TOKENS, *(w.lower() for w in CAPTION_WORDS)]))
+    return {token: i for i, token in enumerate(tokens)}
+
+
+def build_tiny_caption_tokenizer(model_max_length: int = 64) -> BertTokenizer:
+    """A lower-casing BERT WordPiece tokenizer (``[CLS] … [SEP]``, ``[PAD]`` = 0) over :func:`caption_vocabulary`,
+    built from the vocabulary in memory (``BertTokenizer(vocab=dict)``; a vocab file path can silently give a
+    tokenizer that maps every word to ``[UNK]``). Raises ``RuntimeError`` if a caption word comes out as ``[UNK]``."""
+    tokenizer = BertTokenizer(vocab=caption_vocabulary(), do_lower_case=True, model_max_length=model_max_length)
+    unknown = [w for w in CAPTION_WORDS if tokenizer.unk_token_id in tokenizer.encode(w, add_special_tokens=False)]
+    if unknown:
+        raise RuntimeError(f"tiny caption tokenizer maps {unknown[:10]} to [UNK]")
+    return tokenizer

@@ -6,9 +6,6 @@ classes take plain, type-hinted init args so they read well as ``class_path`` / 
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -34,7 +31,7 @@ from lit_hyperet.encoders import check_select_strategy, disable_train_augmentati
 from lit_hyperet.models import tiny_configs
 from lit_hyperet.models.llava.tiny import Vision, make_tiny_model
 from lit_hyperet.models.llava.towers import load_image_processor
-from lit_hyperet.models.loading import ModelSource, load_complete, require_config, torch_dtype
+from lit_hyperet.models.loading import ModelSource, generate_once, load_complete, require_config, torch_dtype
 from lit_hyperet.user_errors import ConfigError
 
 #: Full models (``lit_hyperet.encoders.FULL_MODELS``) whose checkpoints name their vision half's weights otherwise than
@@ -279,18 +276,7 @@ class TinyLlava(ModelSource):
 
     def ensure(self) -> Path:
         """Generate the model at ``path`` unless one is there (atomically: no rank sees a half-written dir)."""
-        path = Path(self.path)
-        if not (path / "config.json").is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-            make_tiny_model(tmp, self.vision, self.seed)
-            tmp.chmod(0o755)
-            try:
-                os.rename(tmp, path)  # replaces an empty dir; fails if another process wrote the model first
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
-                if not (path / "config.json").is_file():
-                    raise
+        path = generate_once(self.path, lambda out: make_tiny_model(out, self.vision, self.seed))
         found = AutoConfig.from_pretrained(path).vision_config.model_type
         expected = tiny_configs.vision_config(self.vision).model_type
         if found != expected:

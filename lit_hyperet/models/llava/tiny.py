@@ -1,4 +1,5 @@
-"""``make-tiny-model``: a random-initialised tiny LLaVA (vision tower + projector + Llama) with tokenizer and processor.
+"""``make-tiny-model`` (``--family llava``, the default): a random-initialised tiny LLaVA (vision tower + projector +
+Llama) with tokenizer and processor.
 
 Everything is built offline and saved so that ``LlavaForConditionalGeneration.from_pretrained(out)`` and
 ``AutoProcessor.from_pretrained(out)`` load it. The same seed gives the same weights and the same tokenizer.
@@ -6,7 +7,6 @@ Everything is built offline and saved so that ``LlavaForConditionalGeneration.fr
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ from lit_hyperet.chat_templates import vicuna_v1_chat_template
 from lit_hyperet.encoders import prefix_tokens
 from lit_hyperet.models import tiny_configs
 from lit_hyperet.models.llava.towers import dinov3_image_processor
-from lit_hyperet.models.tiny_configs import IMAGE_SIZE, PATCH_SIZE, VISIONS, Vision
+from lit_hyperet.models.tiny_configs import IMAGE_SIZE, PATCH_SIZE, Vision
 from lit_hyperet.models.tiny_tokenizer import IMAGE, build_tiny_tokenizer
 
 TEXT_INIT_STD = 0.2
@@ -104,20 +104,3 @@ def make_tiny_model(out: str | Path, vision: Vision = "clip", seed: int = 0) -> 
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     return out
-
-
-def main(argv: list[str]) -> int:
-    """``python -m lit_hyperet make-tiny-model --out DIR [--vision clip|siglip|dinov2|dinov3|sam|blip2] [--seed S]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m lit_hyperet make-tiny-model",
-        description="Write a random-initialised tiny LLaVA with tokenizer, processor and vicuna_v1 chat template.",
-    )
-    parser.add_argument("--out", required=True, help="directory to write the model to")
-    parser.add_argument("--vision", choices=VISIONS, default="clip", help="vision tower (default: clip)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the weights (default: 0)")
-    args = parser.parse_args(argv)
-    out = make_tiny_model(args.out, vision=args.vision, seed=args.seed)
-    files = ", ".join(sorted(p.name for p in out.iterdir()))
-    n_params = sum(p.numel() for p in LlavaForConditionalGeneration.from_pretrained(out).parameters())
-    print(f"wrote tiny LLaVA ({args.vision} tower, seed {args.seed}, {n_params:,} parameters) to {out}: {files}")
-    return 0

@@ -1,0 +1,67 @@
+"""Hyperbolic image–text alignment, model-agnostic: the spaces (Euclidean, Poincaré cosine, Poincaré distance,
+Lorentz), query aggregation (max, mean, Random Query Selection), Random Text Pruning, the contrastive head with its
+learnable temperature, curvature and embedding scale, and radius statistics.
+
+Imports only torch, geoopt and :mod:`lit_hyperet.geometry` (never a model family, a task or the data plumbing).
+"""
+
+from __future__ import annotations
+
+from lit_hyperet.alignment.contrastive import (
+    CURVATURE_RANGE_FACTOR,
+    MAX_EMBEDDING_SCALE,
+    TEMPERATURE_RANGE,
+    AlignmentOutput,
+    ContrastiveAlignment,
+    same_image,
+    symmetric_infonce,
+)
+from lit_hyperet.alignment.queries import (
+    EVAL_QUERY_AGGREGATIONS,
+    QUERY_AGGREGATIONS,
+    QueryAggregation,
+    aggregate_queries,
+    pick_random_queries,
+    random_query_indices,
+)
+from lit_hyperet.alignment.spaces import (
+    DISTANCE_SPACES,
+    SPACES,
+    Space,
+    cosine_identity_gap,
+    hyperbolic_points,
+    query_similarity,
+    radius,
+    saturated,
+    to_space,
+)
+from lit_hyperet.alignment.text_pruning import RTP_MODES, RtpMode, prune_caption, prune_captions
+
+__all__ = [
+    "CURVATURE_RANGE_FACTOR",
+    "DISTANCE_SPACES",
+    "EVAL_QUERY_AGGREGATIONS",
+    "MAX_EMBEDDING_SCALE",
+    "QUERY_AGGREGATIONS",
+    "RTP_MODES",
+    "SPACES",
+    "TEMPERATURE_RANGE",
+    "AlignmentOutput",
+    "ContrastiveAlignment",
+    "QueryAggregation",
+    "RtpMode",
+    "Space",
+    "aggregate_queries",
+    "cosine_identity_gap",
+    "hyperbolic_points",
+    "pick_random_queries",
+    "prune_caption",
+    "prune_captions",
+    "query_similarity",
+    "radius",
+    "random_query_indices",
+    "same_image",
+    "saturated",
+    "symmetric_infonce",
+    "to_space",
+]

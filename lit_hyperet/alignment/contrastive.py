@@ -1,0 +1,212 @@
+"""Image–text contrastive learning in a chosen space: the learnable temperature, curvature and embedding scale, the
+symmetric InfoNCE loss with label smoothing, the scores used for retrieval, and radius statistics.
+
+Parameters (stored as logarithms; clamped in place before each use, and read through the clamp):
+
+* temperature ``τ``: init 0.07, in ``[0.001, 0.5]`` (BLIP-2's clamp); logits are ``similarity / τ`` (for
+  ``lorentz`` this is MERU's ``−distance × scale`` with ``scale = 1/τ``, ``τ ≥ 0.001`` being ``scale ≤ 1000``);
+* curvature ``c``: fixed, or learnable within ``[c0/10, 10·c0]`` (MERU's range around the initial ``c0``);
+* embedding scale ``α``: ``≤ 1``, init ``1/√D`` (MERU), multiplied into the embeddings before the exponential map;
+  fixed or learnable. ``euclidean`` uses neither ``c`` nor ``α``: they stay in the graph with a zero weight, so
+  every space has the same trainable tensors (checkpoints of one space load in another, and DDP sees every trainable
+  parameter used).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_hyperet.alignment import queries as q, spaces as sp
+from lit_hyperet.geometry import at_least_fp32
+
+Tensor = torch.Tensor
+
+TEMPERATURE_RANGE = (0.001, 0.5)
+CURVATURE_RANGE_FACTOR = 10.0
+MAX_EMBEDDING_SCALE = 1.0
+
+
+@at_least_fp32
+def symmetric_infonce(logits: Tensor, label_smoothing: float = 0.1, positives: Tensor | None = None) -> Tensor:
+    """``(CE(image → text) + CE(text → image)) / 2`` over the square ``[B, B]`` logits of a batch of image–text pairs.
+
+    Targets: pair ``(i, j)`` is positive when ``positives[i, j]`` (default: ``i == j``); each row's target spreads
+    uniformly over its positives (the same image twice in a batch: both captions match both copies), then label
+    smoothing ``ε`` mixes in the uniform distribution: ``(1 − ε)·target + ε/B`` (torch's ``cross_entropy``).
+    """
+    if logits.dim() != 2 or logits.shape[0] != logits.shape[1]:
+        raise ValueError(f"symmetric InfoNCE needs square [B, B] logits, got {tuple(logits.shape)}")
+    if positives is None:
+        positives = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+    positives = positives.to(logits.dtype)
+    i2t = F.cross_entropy(logits, positives / positives.sum(1, keepdim=True), label_smoothing=label_smoothing)
+    t2i = F.cross_entropy(logits.T, positives.T / positives.T.sum(1, keepdim=True), label_smoothing=label_smoothing)
+    return (i2t + t2i) / 2
+
+
+def same_image(image_ids: list) -> Tensor:
+    """``[B, B]`` bool: pairs whose images carry the same id."""
+    index = {key: i for i, key in enumerate(dict.fromkeys(image_ids))}
+    ids = torch.tensor([index[key] for key in image_ids])
+    return ids[:, None] == ids[None, :]
+
+
+@dataclass
+class AlignmentOutput:
+    """``loss`` (scalar), ``logits`` ``[B, B]`` (similarity / temperature), and the points in the space:
+    ``image`` ``[B, Q, D]``, ``text`` ``[B, D]``."""
+
+    loss: Tensor
+    logits: Tensor
+    image: Tensor
+    text: Tensor
+
+
+class ContrastiveAlignment(nn.Module):
+    """The contrastive head over image query embeddings ``[B, Q, D]`` and text embeddings ``[T, D]``.
+
+    Args:
+        dim: embedding size ``D``.
+        space: ``euclidean``, ``poincare_cosine``, ``poincare_distance`` or ``lorentz`` (:mod:`.spaces`).
+        curvature: initial (or fixed) ``c > 0``.
+        learn_curvature: learn ``c`` within ``[c0/10, 10·c0]``.
+        embedding_scale: initial (or fixed) ``α`` in ``(0, 1]``; ``None``: ``1/√D``.
+        learn_embedding_scale: learn ``α`` (kept ``≤ 1``).
+        temperature: initial ``τ`` (learnable, within :data:`TEMPERATURE_RANGE`).
+        label_smoothing: ``ε`` of the InfoNCE targets.
+        query_aggregation: ``max``, ``rqs`` or ``mean`` in training (:mod:`.queries`).
+        eval_query_aggregation: ``max`` or ``mean`` in evaluation (and whenever the head is in eval mode).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        space: sp.Space = "poincare_cosine",
+        curvature: float = 1.0,
+        learn_curvature: bool = False,
+        embedding_scale: float | None = None,
+        learn_embedding_scale: bool = True,
+        temperature: float = 0.07,
+        label_smoothing: float = 0.1,
+        query_aggregation: q.QueryAggregation = "max",
+        eval_query_aggregation: str = "max",
+    ) -> None:
+        super().__init__()
+        sp.check_space(space)
+        q.check_aggregation(query_aggregation)
+        q.check_aggregation(eval_query_aggregation, q.EVAL_QUERY_AGGREGATIONS)
+        scale = 1 / math.sqrt(dim) if embedding_scale is None else embedding_scale
+        if not curvature > 0:
+            raise ValueError(f"curvature must be > 0, got {curvature}")
+        if not 0 < scale <= MAX_EMBEDDING_SCALE:
+            raise ValueError(f"embedding_scale must be in (0, {MAX_EMBEDDING_SCALE}], got {scale}")
+        low, high = TEMPERATURE_RANGE
+        if not low <= temperature <= high:
+            raise ValueError(f"temperature must be in [{low}, {high}], got {temperature}")
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.dim, self.space = dim, space
+        self.label_smoothing = label_smoothing
+        self.query_aggregation, self.eval_query_aggregation = query_aggregation, eval_query_aggregation
+        self.initial_curvature = float(curvature)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
+        self.log_curvature = nn.Parameter(torch.tensor(math.log(curvature)), requires_grad=learn_curvature)
+        self.log_embedding_scale = nn.Parameter(torch.tensor(math.log(scale)), requires_grad=learn_embedding_scale)
+
+    # ---------------------------------------------------------------------------------------------- parameters
+
+    def _log_bounds(self) -> dict[str, tuple[float, float]]:
+        c0 = self.initial_curvature
+        return {
+            "log_temperature": (math.log(TEMPERATURE_RANGE[0]), math.log(TEMPERATURE_RANGE[1])),
+            "log_curvature": (math.log(c0 / CURVATURE_RANGE_FACTOR), math.log(c0 * CURVATURE_RANGE_FACTOR)),
+            "log_embedding_scale": (-math.inf, math.log(MAX_EMBEDDING_SCALE)),
+        }
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Bring the stored logarithms back into their ranges (after an optimiser step moved them out)."""
+        for name, (low, high) in self._log_bounds().items():
+            getattr(self, name).clamp_(low, high)
+
+    def _value(self, name: str) -> Tensor:
+        low, high = self._log_bounds()[name]
+        return getattr(self, name).float().clamp(low, high).exp()
+
+    @property
+    def temperature(self) -> Tensor:
+        return self._value("log_temperature")
+
+    @property
+    def curvature(self) -> Tensor:
+        return self._value("log_curvature")
+
+    @property
+    def embedding_scale(self) -> Tensor:
+        return self._value("log_embedding_scale")
+
+    # ---------------------------------------------------------------------------------------------- maps
+
+    def to_space(self, u: Tensor) -> Tensor:
+        """Embeddings (any dtype) → float32 (or float64) points in the space."""
+        return sp.to_space(self.space, _at_least_fp32(u), self.curvature, self.embedding_scale)
+
+    def scores(self, image: Tensor, text: Tensor, aggregation: str | None = None) -> Tensor:
+        """Image–text similarity ``[B, T]`` of points ``image [B, Q, D]`` and ``text [T, D]`` (from :meth:`to_space`),
+        without temperature; ``aggregation`` defaults to the training one in train mode, the evaluation one
+        otherwise. The retrieval metric's scorer."""
+        how = aggregation or (self.query_aggregation if self.training else self.eval_query_aggregation)
+        q.check_aggregation(how)
+        if how == "rqs":
+            image, how = q.pick_random_queries(image), "max"  # one query left: max is that query's similarity
+        return q.aggregate_queries(sp.query_similarity(self.space, image, text, self.curvature), how)
+
+    def eval_scores(self, image: Tensor, text: Tensor) -> Tensor:
+        """:meth:`scores` with the evaluation aggregation, whatever the mode (``ImageTextRecall``'s scorer)."""
+        return self.scores(image, text, self.eval_query_aggregation)
+
+    # ---------------------------------------------------------------------------------------------- loss
+
+    def forward(self, image_embeds: Tensor, text_embeds: Tensor, image_ids: list | None = None) -> AlignmentOutput:
+        """Symmetric InfoNCE of ``B`` image–text pairs: ``image_embeds [B, Q, D]``, ``text_embeds [B, D]`` (pair
+        ``i`` is image ``i`` with its caption ``i``; ``image_ids`` make repeated images positives of each other)."""
+        if self.training:
+            self.clamp_()
+        image, text = self.to_space(image_embeds), self.to_space(text_embeds)
+        logits = self.scores(image, text) / self.temperature
+        positives = same_image(image_ids).to(logits.device) if image_ids is not None else None
+        loss = symmetric_infonce(logits, self.label_smoothing, positives)
+        if self.space == "euclidean":  # c and α unused: a zero weight keeps them in the graph (see module doc)
+            loss = loss + 0.0 * (self.log_curvature + self.log_embedding_scale)
+        return AlignmentOutput(loss=loss, logits=logits, image=image, text=text)
+
+    # ---------------------------------------------------------------------------------------------- radius
+
+    @torch.no_grad()
+    def radius_stats(self, image_embeds: Tensor, text_embeds: Tensor) -> dict[str, Tensor]:
+        """Per-embedding hyperbolic radii (every image query counts as one embedding) and the saturated flags:
+        ``image`` ``[B·Q]``, ``text`` ``[T]``, ``saturated`` ``[B·Q + T]`` (float 0/1). For ``euclidean`` these are
+        the radii its embeddings would have in the Poincaré ball (:func:`.spaces.hyperbolic_points`)."""
+        c, scale = self.curvature, self.embedding_scale
+        points = [
+            sp.hyperbolic_points(self.space, _at_least_fp32(u).reshape(-1, u.shape[-1]), c, scale)
+            for u in (image_embeds, text_embeds)
+        ]
+        radii = [sp.radius(self.space, p, c) for p in points]
+        flags = torch.cat([sp.saturated(self.space, p, c) for p in points]).float()
+        return {"image": radii[0], "text": radii[1], "saturated": flags}
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, space={self.space}, query_aggregation={self.query_aggregation}, "
+            f"eval_query_aggregation={self.eval_query_aggregation}, label_smoothing={self.label_smoothing}"
+        )
+
+
+def _at_least_fp32(t: Tensor) -> Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()

@@ -1,0 +1,330 @@
+"""``HyperbolicAlignmentModule``: BLIP-2 image–text contrastive learning in Euclidean, Poincaré or Lorentz space.
+
+A frozen vision tower (optionally with HyperET), a trainable Q-Former side (query tokens, Q-Former, text embeddings,
+projections), and the contrastive head of :mod:`lit_hyperet.alignment` (space, query aggregation, learnable
+temperature / curvature / embedding scale, label-smoothed symmetric InfoNCE). Random Text Pruning is applied to the
+caption strings of training batches before tokenisation, never in evaluation. Validation and test rank every caption
+of the evaluated images against every image (``ImageTextRecall``) with the space's similarity and the evaluation
+query aggregation, without temperature.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics.aggregation import MeanMetric
+
+from lit_hyperet.alignment import (
+    EVAL_QUERY_AGGREGATIONS,
+    QUERY_AGGREGATIONS,
+    RTP_MODES,
+    SPACES,
+    TEMPERATURE_RANGE,
+    ContrastiveAlignment,
+    QueryAggregation,
+    RtpMode,
+    Space,
+    prune_captions,
+)
+from lit_hyperet.class_paths import to_spec
+from lit_hyperet.hyperet import HyperETConfig, adapted_module_names
+from lit_hyperet.models.blip2 import (
+    Blip2RetrievalSource,
+    build_blip2_retrieval,
+    count_parameters,
+    image_query_embeddings,
+    text_embeddings,
+    trainable_groups,
+)
+from lit_hyperet.non_finite import NonFiniteLossError, all_ranks_finite
+from lit_hyperet.schedule import WarmupCosineLR
+from lit_hyperet.trainable_module import TrainableOnlyModule, as_dataclass, as_source
+from lit_hyperet.user_errors import ConfigError
+
+RADIUS_METRICS = ("radius_image_mean", "radius_text_mean", "radius_saturated_fraction")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} {value!r} is not one of {', '.join(choices)}")
+
+
+class HyperbolicAlignmentModule(TrainableOnlyModule):
+    """Trains BLIP-2's Q-Former side (and HyperET on the frozen vision tower, when configured) with image–text
+    contrastive learning in a chosen space; evaluates image↔text retrieval (R@1/5/10 both ways, percent).
+
+    Args:
+        model: where the ``Blip2ForImageTextRetrieval`` comes from (``PretrainedBlip2Retrieval`` or
+            ``TinyBlip2Retrieval``).
+        space: ``euclidean`` (BLIP-2's ITC), ``poincare_cosine`` (the paper's stated recipe: exp0 into the Poincaré
+            ball, then cosine; equal to ``euclidean``), ``poincare_distance`` (− Poincaré distance) or ``lorentz``
+            (MERU: − Lorentzian distance).
+        curvature: ``c > 0`` of the ball / hyperboloid (initial value when learnt).
+        learn_curvature: learn ``c`` (stored as ``log c``, kept in ``[c/10, 10·c]``).
+        embedding_scale: ``α`` in ``(0, 1]`` multiplying embeddings before the exponential map; ``None``: ``1/√D``.
+        learn_embedding_scale: learn ``α`` (stored as ``log α``, kept ``≤ 1``).
+        temperature: initial temperature (learnt, kept in ``[0.001, 0.5]``); logits are similarity / temperature.
+        label_smoothing: label smoothing of the symmetric InfoNCE (BLIP-2: 0.1).
+        query_aggregation: training score of an image–text pair from the image's queries: ``max`` (BLIP-2),
+            ``rqs`` (Random Query Selection: one uniformly drawn query per image per step) or ``mean``.
+        eval_query_aggregation: ``max`` or ``mean`` in validation / test.
+        rtp_prob: Random Text Pruning: probability that a training caption is pruned (0: never).
+        rtp_mode: ``prefix`` (a random strictly shorter, non-empty prefix of the words) or ``drop_words`` (each word
+            dropped with probability 1/2, at least one kept); see :mod:`lit_hyperet.alignment.text_pruning`.
+        hyperet: HyperET on the vision tower (default targets: the q and v slices of its fused ``qkv``); ``None``
+            keeps the tower as it is.
+        optimizer: optimiser factory taking parameter groups (LightningCLI ``class_path`` style).
+        lr_scheduler: scheduler factory taking the optimiser; ``WarmupCosineLR`` gets its total steps from the
+            trainer when its ``total_steps`` is -1.
+        lr: learning rate of the Q-Former side and the head's scalars (BLIP-2 stage 1: 1e-4).
+        hyperet_lr: learning rate of the HyperET matrices; ``None``: ``lr``.
+        weight_decay: decoupled weight decay of parameters with ≥ 2 dims (BLIP-2: 0.05); none on 1-D ones and scalars.
+        max_text_length: captions are truncated to this many tokens (``[CLS]`` and ``[SEP]`` included; BLIP-2: 32).
+    """
+
+    #: Hyper-parameters (dotted) that change which tensors are trainable; the space does not (every space has the
+    #: same head parameters), so a checkpoint of one space can be evaluated in another.
+    LAYOUT_HPARAMS = (
+        "model.class_path",
+        "hyperet",
+        "hyperet.variant",
+        "hyperet.num_blocks",
+        "hyperet.block_size",
+        "hyperet.band_width",
+        "hyperet.targets",
+        "hyperet.fused_slices",
+        "hyperet.learn_curvature",
+        "learn_curvature",
+        "learn_embedding_scale",
+    )
+
+    def __init__(
+        self,
+        model: Blip2RetrievalSource,
+        space: Space = "poincare_cosine",
+        curvature: float = 1.0,
+        learn_curvature: bool = False,
+        embedding_scale: float | None = None,
+        learn_embedding_scale: bool = True,
+        temperature: float = 0.07,
+        label_smoothing: float = 0.1,
+        query_aggregation: QueryAggregation = "max",
+        eval_query_aggregation: Literal["max", "mean"] = "max",
+        rtp_prob: float = 0.0,
+        rtp_mode: RtpMode = "prefix",
+        hyperet: HyperETConfig | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable = WarmupCosineLR,
+        lr: float = 1e-4,
+        hyperet_lr: float | None = None,
+        weight_decay: float = 0.05,
+        max_text_length: int = 32,
+    ) -> None:
+        super().__init__()
+        _choice("space", space, SPACES)
+        _choice("query_aggregation", query_aggregation, QUERY_AGGREGATIONS)
+        _choice("eval_query_aggregation", eval_query_aggregation, EVAL_QUERY_AGGREGATIONS)
+        _choice("rtp_mode", rtp_mode, RTP_MODES)
+        if not 0.0 <= rtp_prob <= 1.0:
+            raise ConfigError(f"rtp_prob must be in [0, 1], got {rtp_prob}")
+        if not curvature > 0:
+            raise ConfigError(f"curvature must be > 0, got {curvature}")
+        if embedding_scale is not None and not 0 < embedding_scale <= 1:
+            raise ConfigError(f"embedding_scale must be in (0, 1] (or null for 1/sqrt(D)), got {embedding_scale}")
+        if not TEMPERATURE_RANGE[0] <= temperature <= TEMPERATURE_RANGE[1]:
+            raise ConfigError(f"temperature must be in {list(TEMPERATURE_RANGE)}, got {temperature}")
+        if not 0 <= label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if max_text_length < 2:
+            raise ConfigError(f"max_text_length must be >= 2 ([CLS] and [SEP]), got {max_text_length}")
+        # Not logged as they are (internal keys): RunRecord logs the values used.
+        self.save_hyperparameters(logger=False)
+        # Objects built in Python are stored as plain specs, so checkpoints load with torch.load(weights_only=True).
+        for key, value in list(self.hparams.items()):
+            self.hparams[key] = to_spec(value)
+        self.source = as_source(model, Blip2RetrievalSource)
+        self.hyperet_config: HyperETConfig | None = as_dataclass(hyperet, HyperETConfig)
+        self._optimizer_spec, self._scheduler_spec = optimizer, lr_scheduler
+        self.processor = self.source.load_processor()
+        self.blip2: nn.Module | None = None
+        self.head: ContrastiveAlignment | None = None
+        self.val_metric: Any = None
+        self.test_metric: Any = None
+        self.val_radius: nn.ModuleDict | None = None
+        self.test_radius: nn.ModuleDict | None = None
+
+    # ------------------------------------------------------------------------------------------------ model
+
+    def configure_model(self) -> None:
+        """Build the model and the contrastive head once (single device or DDP; FSDP2 is not supported here)."""
+        if self.blip2 is not None:
+            return
+        if self.device_mesh is not None:
+            raise ConfigError("HyperbolicAlignmentModule runs on one device or with DDP, not with FSDP2Strategy")
+        self.blip2 = build_blip2_retrieval(self.source, hyperet=self.hyperet_config)
+        self.blip2.train()  # from_pretrained returns eval mode; Lightning switches modes per loop from here
+        positions = self.blip2.config.qformer_config.max_position_embeddings
+        if self.hparams.max_text_length > positions:
+            raise ConfigError(f"max_text_length {self.hparams.max_text_length} exceeds the Q-Former's {positions}")
+        hp = self.hparams
+        self.head = ContrastiveAlignment(
+            dim=self.blip2.config.image_text_hidden_size,
+            space=hp.space,
+            curvature=hp.curvature,
+            learn_curvature=hp.learn_curvature,
+            embedding_scale=hp.embedding_scale,
+            learn_embedding_scale=hp.learn_embedding_scale,
+            temperature=hp.temperature,
+            label_smoothing=hp.label_smoothing,
+            query_aggregation=hp.query_aggregation,
+            eval_query_aggregation=hp.eval_query_aggregation,
+        )
+
+    def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """Captions → ``input_ids`` / ``attention_mask`` on the module's device (padded to the longest, truncated to
+        ``max_text_length``)."""
+        enc = self.processor.tokenizer(
+            list(captions),
+            padding="longest",
+            truncation=True,
+            max_length=self.hparams.max_text_length,
+            return_tensors="pt",
+            return_token_type_ids=False,
+        )
+        return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
+
+    def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Per-query image embeddings ``(B, Q, D)``, not normalised."""
+        self.configure_model()
+        return image_query_embeddings(self.blip2, pixel_values)
+
+    def text_embeddings(self, captions: list[str]) -> torch.Tensor:
+        """Text ``[CLS]`` embeddings ``(T, D)`` of the captions as given (no pruning), not normalised."""
+        self.configure_model()
+        return text_embeddings(self.blip2, **self.tokenize(captions))
+
+    def forward(self, pixel_values: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image embeddings (B, Q, D), text embeddings (T, D))``."""
+        return self.image_embeddings(pixel_values), self.text_embeddings(captions)
+
+    def training_captions(self, captions: list[str]) -> list[str]:
+        """Random Text Pruning of a training batch's captions (in training mode with ``rtp_prob`` > 0; otherwise the
+        captions unchanged)."""
+        if not self.training or self.hparams.rtp_prob == 0:
+            return list(captions)
+        return prune_captions(captions, self.hparams.rtp_prob, self.hparams.rtp_mode)
+
+    # ------------------------------------------------------------------------------------------------ optimisation
+
+    def configure_optimizers(self) -> Any:
+        """Groups: Q-Former side (weight decay on ≥ 2-D parameters), HyperET (``hyperet_lr``), the head's scalars
+        (no weight decay)."""
+        hp = self.hparams
+        lrs = {"qformer": hp.lr, "hyperet": hp.hyperet_lr if hp.hyperet_lr is not None else hp.lr}
+        named = {**trainable_groups(self.blip2), "head": list(self.head.named_parameters())}
+        groups = []
+        for name, params in named.items():
+            for decay in (True, False):
+                chosen = [p for _, p in params if p.requires_grad and (p.dim() >= 2) == decay]
+                if chosen:
+                    groups.append(
+                        {
+                            "params": chosen,
+                            "lr": lrs.get(name, hp.lr),
+                            "weight_decay": hp.weight_decay if decay else 0.0,
+                            "name": name + ("" if decay else "_no_decay"),
+                        }
+                    )
+        return self.build_optimization(groups, self._optimizer_spec, self._scheduler_spec)
+
+    # ------------------------------------------------------------------------------------------------ steps
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """Symmetric InfoNCE over the batch's image–caption pairs (captions pruned by RTP first)."""
+        captions = self.training_captions(batch["captions"])
+        image = self.image_embeddings(batch["pixel_values"])
+        text = self.text_embeddings(captions)
+        out = self.head(image, text, batch.get("image_ids"))
+        if not all_ranks_finite(out.loss, self.trainer.strategy if self._trainer is not None else None):
+            raise NonFiniteLossError(
+                f"non-finite loss ({float(out.loss.detach())}) at step {self.global_step}; training stopped. Lower "
+                "the learning rate, or check the embedding scale and curvature"
+            )
+        size = len(captions)
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=size)
+        self.log("train/temperature", self.head.temperature.detach(), batch_size=size)
+        self.log("train/curvature", self.head.curvature.detach(), batch_size=size)
+        self.log("train/embedding_scale", self.head.embedding_scale.detach(), batch_size=size)
+        stats = self.head.radius_stats(image.detach(), text.detach())
+        self.log("train/radius_image_mean", stats["image"].mean(), batch_size=size)
+        self.log("train/radius_text_mean", stats["text"].mean(), batch_size=size)
+        self.log("train/radius_saturated_fraction", stats["saturated"].mean(), batch_size=size)
+        return out.loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate("val", batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate("test", batch)
+
+    def _evaluate(self, stage: str, batch: dict[str, Any]) -> None:
+        """Points of the batch's images and of all their captions into the stage's recall metric and radius means."""
+        captions: list[list[str]] = batch["captions"]
+        flat = [caption for image_captions in captions for caption in image_captions]
+        text_image = torch.tensor(
+            [i for i, image_captions in enumerate(captions) for _ in image_captions], dtype=torch.long
+        ).to(self.device)
+        image = self.image_embeddings(batch["pixel_values"])
+        text = self.text_embeddings(flat)
+        self._metric(stage).update(self.head.to_space(image), self.head.to_space(text), text_image)
+        stats = self.head.radius_stats(image, text)
+        radius = self._radius(stage)
+        radius["radius_image_mean"].update(stats["image"])
+        radius["radius_text_mean"].update(stats["text"])
+        radius["radius_saturated_fraction"].update(stats["saturated"])
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_stage("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_stage("test")
+
+    def on_fit_start(self) -> None:
+        """Log trainable-parameter counts and what HyperET adapted as run parameters."""
+        if self.logger is None:
+            return
+        counts = {f"params/{k}": v for k, v in count_parameters(self.blip2).items()}
+        counts["params/head"] = sum(p.numel() for p in self.head.parameters() if p.requires_grad)
+        counts["params/hyperet_adapted_modules"] = len(adapted_module_names(self.blip2))
+        self.logger.log_hyperparams(counts)
+
+    # ------------------------------------------------------------------------------------------------ metrics
+
+    def _metric(self, stage: str) -> Any:
+        """The stage's ``ImageTextRecall``, built on first use, scoring with the head's evaluation similarity."""
+        attr = f"{stage}_metric"
+        if getattr(self, attr) is None:
+            from lit_hyperet.tasks.captions.retrieval import ImageTextRecall
+
+            setattr(self, attr, ImageTextRecall(scorer=self.head.eval_scores).to(self.device))
+        return getattr(self, attr)
+
+    def _radius(self, stage: str) -> nn.ModuleDict:
+        attr = f"{stage}_radius"
+        if getattr(self, attr) is None:
+            setattr(self, attr, nn.ModuleDict({name: MeanMetric() for name in RADIUS_METRICS}).to(self.device))
+        return getattr(self, attr)
+
+    def _log_stage(self, stage: str) -> None:
+        """Log the stage's recall (percent) and radius means, then reset them for the next evaluation."""
+        metric = self._metric(stage)
+        if getattr(metric, "update_called", True):
+            self.log_dict({f"{stage}/{k}": v for k, v in metric.compute().items()}, sync_dist=False)
+        metric.reset()
+        for name, mean in self._radius(stage).items():
+            if mean.update_called:
+                self.log(f"{stage}/{name}", mean.compute(), sync_dist=False)
+            mean.reset()

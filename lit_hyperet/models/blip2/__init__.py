@@ -1,0 +1,47 @@
+"""BLIP-2 image–text retrieval models (``transformers.Blip2ForImageTextRetrieval``) for hyperbolic alignment:
+sources, the generated tiny model, freezing / HyperET and the embeddings. Names are imported lazily."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lit_hyperet.models.blip2.build import (
+        build_blip2_retrieval,
+        count_parameters,
+        image_query_embeddings,
+        text_embeddings,
+        trainable_groups,
+    )
+    from lit_hyperet.models.blip2.sources import Blip2RetrievalSource, PretrainedBlip2Retrieval, TinyBlip2Retrieval
+    from lit_hyperet.models.blip2.tiny import make_tiny_blip2_itm
+
+_WHERE = {
+    "build_blip2_retrieval": "build",
+    "count_parameters": "build",
+    "image_query_embeddings": "build",
+    "text_embeddings": "build",
+    "trainable_groups": "build",
+    "Blip2RetrievalSource": "sources",
+    "PretrainedBlip2Retrieval": "sources",
+    "TinyBlip2Retrieval": "sources",
+    "make_tiny_blip2_itm": "tiny",
+}
+__all__ = [
+    "Blip2RetrievalSource",
+    "PretrainedBlip2Retrieval",
+    "TinyBlip2Retrieval",
+    "build_blip2_retrieval",
+    "count_parameters",
+    "image_query_embeddings",
+    "make_tiny_blip2_itm",
+    "text_embeddings",
+    "trainable_groups",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'lit_hyperet.models.blip2' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"lit_hyperet.models.blip2.{_WHERE[name]}"), name)

@@ -1,0 +1,100 @@
+"""The trainable BLIP-2 of image–text alignment, and its embeddings through transformers' own submodules.
+
+Frozen: the vision tower (optionally with HyperET on its attention projections) and the ITM head (image–text matching
+is not trained here). Trainable: the query tokens, the Q-Former, its text embeddings and the two projections. The
+embeddings are read from the submodules exactly as ``Blip2ForImageTextRetrieval``'s ITC forward does, but before its
+L2 normalisation: per-query image embeddings ``(B, Q, D)`` and text ``[CLS]`` embeddings ``(T, D)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import Blip2ForImageTextRetrieval
+
+from lit_hyperet.hyperet import HyperETConfig, apply_hyperet, hyperet_parameters
+from lit_hyperet.models.loading import ModelSource
+from lit_hyperet.user_errors import ConfigError
+
+#: Submodules (attribute names of ``Blip2ForImageTextRetrieval``) that alignment trains.
+QFORMER_PARTS = ("query_tokens", "embeddings", "qformer", "vision_projection", "text_projection")
+GROUPS = ("hyperet", "qformer")
+NamedParams = list[tuple[str, nn.Parameter]]
+
+
+def _qformer_params(model: Blip2ForImageTextRetrieval) -> NamedParams:
+    out: NamedParams = []
+    for part in QFORMER_PARTS:
+        value = getattr(model, part)
+        if isinstance(value, nn.Parameter):
+            out.append((part, value))
+        else:
+            out += [(f"{part}.{n}", p) for n, p in value.named_parameters()]
+    return out
+
+
+def _groups(model: Blip2ForImageTextRetrieval) -> dict[str, NamedParams]:
+    hyperet = [(f"vision_model.{n}", p) for n, p in hyperet_parameters(model.vision_model)]
+    return {"hyperet": hyperet, "qformer": _qformer_params(model)}
+
+
+def trainable_groups(model: Blip2ForImageTextRetrieval) -> dict[str, NamedParams]:
+    """Trainable parameters by group, ``{"hyperet", "qformer"}`` -> ``[(name relative to model, param)]``."""
+    return {group: [(n, p) for n, p in params if p.requires_grad] for group, params in _groups(model).items()}
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """``total`` and ``trainable`` parameter counts plus the trainable count of each group."""
+    counts = {
+        "total": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+    counts.update({group: sum(p.numel() for _, p in params) for group, params in trainable_groups(model).items()})
+    return counts
+
+
+def build_blip2_retrieval(source: ModelSource, hyperet: HyperETConfig | None = None) -> Blip2ForImageTextRetrieval:
+    """``source``'s model with the vision tower and ITM head frozen, the Q-Former side trainable, and HyperET (when
+    given) applied to the vision tower only: ``hyperet.targets`` are matched against names inside it
+    (``encoder.layers.N.self_attn.qkv``, a fused projection whose q and v slices the default adapts), so a pattern can
+    never freeze Q-Former weights. The trainable set is checked to be exactly Q-Former side + HyperET."""
+    model = source.load_model()
+    if not isinstance(model, Blip2ForImageTextRetrieval):
+        raise ConfigError(f"{type(source).__name__} gave a {type(model).__name__}, not a Blip2ForImageTextRetrieval")
+    model.requires_grad_(False)
+    if hyperet is not None:
+        apply_hyperet(model.vision_model, hyperet)
+    groups = _groups(model)
+    for _, p in groups["qformer"] + groups["hyperet"]:
+        p.requires_grad_(True)
+    expected = {id(p) for _, p in groups["qformer"] + groups["hyperet"]}
+    extra = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in expected]
+    if extra:
+        raise RuntimeError(f"trainable set is wrong: unexpected trainable {extra[:10]}")
+    return model
+
+
+def image_query_embeddings(model: Blip2ForImageTextRetrieval, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Per-query image embeddings ``(B, Q, D)``, not normalised: vision tower → Q-Former queries cross-attending to
+    it → ``vision_projection``. The tower runs without autograd unless it has trainable (HyperET) parameters."""
+    vision = model.vision_model
+    tower_dtype = vision.embeddings.patch_embedding.weight.dtype
+    track = torch.is_grad_enabled() and any(p.requires_grad for p in vision.parameters())
+    with torch.set_grad_enabled(track):
+        features = vision(pixel_values=pixel_values.to(tower_dtype)).last_hidden_state
+    queries = model.query_tokens.expand(features.shape[0], -1, -1)
+    mask = torch.ones(features.shape[:-1], dtype=torch.long, device=features.device)
+    out = model.qformer(query_embeds=queries, encoder_hidden_states=features, encoder_attention_mask=mask)
+    hidden = out.last_hidden_state.to(model.vision_projection.weight.dtype)
+    return model.vision_projection(hidden)
+
+
+def text_embeddings(
+    model: Blip2ForImageTextRetrieval, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Text embeddings ``(T, D)``, not normalised: the Q-Former's text pass (no queries) → its first (``[CLS]``)
+    token → ``text_projection``. ``input_ids`` hold no image placeholder tokens."""
+    embedded = model.embeddings(input_ids=input_ids)
+    out = model.qformer(query_embeds=embedded, query_length=0, attention_mask=attention_mask)
+    cls = out.last_hidden_state[:, 0].to(model.text_projection.weight.dtype)
+    return model.text_projection(cls)
