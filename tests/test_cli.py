@@ -20,7 +20,7 @@ SCIENCEQA_DELTAS = sorted(p for p in (CONFIGS / "scienceqa").glob("*.yaml") if p
 
 def config_sets() -> list[list[Path]]:
     """Every YAML under configs/, each in the combination it is meant to be used in."""
-    sets = [[CONFIGS / "demo.yaml"]]
+    sets = [[CONFIGS / "demo.yaml"], [CONFIGS / "alignment_demo.yaml"]]
     sets += [[CONFIGS / "scienceqa" / "base.yaml", delta] for delta in SCIENCEQA_DELTAS]
     diagonal = CONFIGS / "scienceqa" / "diagonal.yaml"
     sets += [
@@ -43,7 +43,8 @@ def test_every_config_parses_against_the_cli(configs: list[Path], capsys: pytest
     with pytest.raises(SystemExit) as exit_info:
         cli_main(args)
     assert exit_info.value.code in (None, 0)
-    assert "class_path: lit_hyperet.HyperETLitModule" in capsys.readouterr().out
+    module = "HyperbolicAlignmentModule" if "alignment_demo" in str(configs[0]) else "HyperETLitModule"
+    assert f"class_path: lit_hyperet.{module}" in capsys.readouterr().out
 
 
 def test_help_lists_tools_and_lightning_commands(capsys: pytest.CaptureFixture) -> None:
