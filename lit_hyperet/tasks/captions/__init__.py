@@ -1,0 +1,1 @@
+"""Caption data and retrieval metrics: image–text recall (``retrieval``)."""
