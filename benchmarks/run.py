@@ -37,6 +37,7 @@ REGISTRY: tuple[str, ...] = (
     "step_overhead",
     "merged_inference",
     "data_throughput",
+    "retrieval_eval",
     "gpu_step",
     "strategy_step",
     "fsdp_step",

@@ -153,6 +153,21 @@ def test_data_throughput_structure(results: dict[str, Any]) -> None:
     assert isinstance(r["goal_met"], bool)
 
 
+def test_retrieval_eval_structure(results: dict[str, Any]) -> None:
+    from benchmarks import retrieval_eval
+
+    r = results["retrieval_eval"]
+    assert r["tiny"] and r["in_process"] and r["texts"] == r["images"] * r["captions"]
+    figures = r["runs"][str(r["default_chunk_size"])]
+    assert figures["eval_wall_s"] > 0 and figures["peak_rss_mib"] > 0 and figures["rss_before_update_mib"] > 0
+    assert isinstance(figures["goal_met"], bool) and isinstance(r["goal_met"], bool)
+    assert f"| {r['default_chunk_size']} (default) |" in retrieval_eval.format_table(r)
+    # the path of the quick and full runs: a fresh spawned process per chunk size
+    fresh = retrieval_eval.in_fresh_process(retrieval_eval.TINY, 7)
+    check_figures(fresh)
+    assert fresh["chunk_size"] == 7 and fresh["r_mean"] == pytest.approx(figures["r_mean"])
+
+
 def test_gpu_step_code_path_on_cpu() -> None:
     from benchmarks import gpu_step
 
