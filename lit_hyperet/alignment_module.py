@@ -31,6 +31,7 @@ from lit_hyperet.alignment import (
 )
 from lit_hyperet.class_paths import to_spec
 from lit_hyperet.hyperet import HyperETConfig, adapted_module_names
+from lit_hyperet.hyperet_config import LAYOUT_HPARAMS as HYPERET_LAYOUT_HPARAMS
 from lit_hyperet.models.blip2 import (
     Blip2RetrievalSource,
     build_blip2_retrieval,
@@ -89,14 +90,7 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
     #: same head parameters), so a checkpoint of one space can be evaluated in another.
     LAYOUT_HPARAMS = (
         "model.class_path",
-        "hyperet",
-        "hyperet.variant",
-        "hyperet.num_blocks",
-        "hyperet.block_size",
-        "hyperet.band_width",
-        "hyperet.targets",
-        "hyperet.fused_slices",
-        "hyperet.learn_curvature",
+        *HYPERET_LAYOUT_HPARAMS,
         "learn_curvature",
         "learn_embedding_scale",
     )

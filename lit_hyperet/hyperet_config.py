@@ -141,3 +141,17 @@ def _check_fused_slices(value: object) -> None:
 
 def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+#: Checkpoint hyper-parameters (dotted, under the module's ``hyperet`` argument) that change which HyperET tensors
+#: exist: a checkpoint disagreeing in one of them cannot be loaded onto the configured model.
+LAYOUT_HPARAMS = (
+    "hyperet",
+    "hyperet.variant",
+    "hyperet.num_blocks",
+    "hyperet.block_size",
+    "hyperet.band_width",
+    "hyperet.targets",
+    "hyperet.fused_slices",
+    "hyperet.learn_curvature",
+)

@@ -11,6 +11,7 @@ from torch import nn
 
 from lit_hyperet.class_paths import to_spec
 from lit_hyperet.hyperet import HyperETConfig, adapted_module_names, hyperet_report, summarize_report
+from lit_hyperet.hyperet_config import LAYOUT_HPARAMS as HYPERET_LAYOUT_HPARAMS
 from lit_hyperet.models.llava import LoraSettings, build_llava, count_parameters, trainable_groups
 from lit_hyperet.models.loading import ModelSource
 from lit_hyperet.non_finite import (
@@ -63,13 +64,7 @@ class HyperETLitModule(TrainableOnlyModule):
     #: cannot be loaded onto the configured model (``hyperet`` / ``lora``: the whole section on or off).
     LAYOUT_HPARAMS = (
         "model.class_path",
-        "hyperet",
-        "hyperet.variant",
-        "hyperet.num_blocks",
-        "hyperet.block_size",
-        "hyperet.band_width",
-        "hyperet.targets",
-        "hyperet.learn_curvature",
+        *HYPERET_LAYOUT_HPARAMS,
         "train_projector",
         "lora",
         "lora.r",

@@ -6,11 +6,12 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel, ProcessorMixin
 
 from lit_hyperet.user_errors import ConfigError
@@ -74,3 +75,13 @@ class ModelSource(ABC):
     @abstractmethod
     def describe(self) -> dict[str, str]:
         """Plain strings describing the source (for hyper-parameter logging)."""
+
+
+def parameter_counts(model: nn.Module, groups: Mapping[str, list[tuple[str, nn.Parameter]]]) -> dict[str, int]:
+    """``total`` and ``trainable`` parameter counts of ``model`` plus the count of each trainable group."""
+    counts = {
+        "total": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+    counts.update({group: sum(p.numel() for _, p in params) for group, params in groups.items()})
+    return counts

@@ -12,7 +12,7 @@ from torch import nn
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from lit_hyperet.hyperet import HyperETConfig, apply_hyperet, hyperet_parameters
-from lit_hyperet.models.loading import ModelSource
+from lit_hyperet.models.loading import ModelSource, parameter_counts
 from lit_hyperet.user_errors import ConfigError
 
 GROUPS = ("hyperet", "projector", "lora")
@@ -91,12 +91,7 @@ def trainable_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
     """``total`` and ``trainable`` parameter counts plus the trainable count of each group."""
-    counts = {
-        "total": sum(p.numel() for p in model.parameters()),
-        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-    }
-    counts.update({group: sum(p.numel() for _, p in params) for group, params in trainable_groups(model).items()})
-    return counts
+    return parameter_counts(model, trainable_groups(model))
 
 
 def build_llava(
