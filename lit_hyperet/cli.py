@@ -84,6 +84,8 @@ class HyperETCLI(LightningCLI):
 
     #: MLflow run of the fit that wrote ``--ckpt_path`` (when the checkpoint records it).
     _fit_run_id: str | None = None
+    #: Training step stored in ``--ckpt_path``.
+    _checkpoint_step: int | None = None
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         """The root and subcommand parsers: short errors, and ``python -m lit_hyperet`` as the program name."""
@@ -167,7 +169,11 @@ class HyperETCLI(LightningCLI):
         loggers = config.get("logger")
         creates = name_runs(loggers if isinstance(loggers, list) else [loggers], files, stage)
         tags = run_tags(subcommand_config, stage, files, self._fit_run_id) if creates else {}
-        callbacks = [*callbacks, ResultsTable(), RunRecord(run_params(subcommand_config), tags)]
+        callbacks = [
+            *callbacks,
+            ResultsTable(checkpoint_step=self._checkpoint_step),
+            RunRecord(run_params(subcommand_config), tags),
+        ]
         configured = config.get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
         own_bar = any(isinstance(c, ProgressBar) for c in [*configured, *callbacks])
@@ -191,6 +197,7 @@ class HyperETCLI(LightningCLI):
         module_class = import_class(model_config["class_path"])
         checkpoint = read_checkpoint(ckpt_path, mmap=True)
         self._fit_run_id = checkpoint.get(FIT_RUN_KEY)
+        self._checkpoint_step = checkpoint.get("global_step")
         stored = stored_hparams(checkpoint, module_class, ckpt_path)
         layout, other = compare_hparams(stored, model_config.get("init_args", {}), module_class)
         if layout:

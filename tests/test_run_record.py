@@ -3,6 +3,8 @@ can be told apart (names, tags linking a test to its fit) and parameters that ar
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -30,7 +32,10 @@ def runs(tiny_model_dir: Path, demo_data_dir: Path, tmp_path_factory: pytest.Tem
         for steps in ("2", "3"):
             assert main(["fit", *base, "--trainer.max_steps", steps, "--trainer.val_check_interval", "2"]) == 0
         results["last_ckpt"] = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
-        assert main(["test", *base, "--ckpt_path", str(out / "checkpoints" / "last.ckpt")]) == 0
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert main(["test", *base, "--ckpt_path", str(out / "checkpoints" / "last.ckpt")]) == 0
+        results["test_output"] = printed.getvalue()
     finally:
         patch.undo()
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
@@ -54,6 +59,11 @@ def test_runs_are_named_by_config_and_stage_and_a_test_names_its_fit(runs: dict[
     assert test.data.tags["checkpoint"].endswith("last.ckpt")
     assert first.data.tags["config_hash"] != second.data.tags["config_hash"]  # max_steps differs
     assert runs["last_ckpt"]["mlflow_run_id"] == second.info.run_id
+
+
+def test_test_results_name_the_checkpoint_and_its_step(runs: dict[str, Any]) -> None:
+    title = next(line for line in runs["test_output"].splitlines() if line.startswith("test results"))
+    assert title.startswith(f"test results at step 3 · weights: {runs['out'] / 'checkpoints' / 'last.ckpt'}")
 
 
 def test_params_are_the_values_used(runs: dict[str, Any]) -> None:
