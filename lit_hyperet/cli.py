@@ -218,10 +218,11 @@ class HyperETCLI(LightningCLI):
 def cli_main(args: ArgsType = None, run: bool = True) -> HyperETCLI:
     """Entry point of ``python -m lit_hyperet fit|validate|test|predict``."""
     caller_group = _process_group_initialized()
+    finished = False
     try:
         # Any of the project's LightningModules (HyperETLitModule, HyperbolicAlignmentModule), chosen by the config's
         # model.class_path; each exposes the `processor` linked into the datamodule.
-        return HyperETCLI(
+        cli = HyperETCLI(
             TrainableOnlyModule,
             LightningDataModule,
             subclass_mode_model=True,
@@ -233,11 +234,16 @@ def cli_main(args: ArgsType = None, run: bool = True) -> HyperETCLI:
             run=run,
             parser_kwargs={"parser_mode": "yaml"},
         )
+        finished = True
+        return cli
     finally:
         if not caller_group and _process_group_initialized():
             # End the group the run created while the interpreter is alive. Lightning does this at exit for NCCL
             # only; a gloo group left to interpreter shutdown can abort a run that succeeded (SIGABRT, "terminate
-            # called without an active exception").
+            # called without an active exception"). After a run that finished, every rank first waits for the
+            # others, so none tears down its end of the group (and rank 0 the store) while another still uses it.
+            if finished:
+                torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
 
