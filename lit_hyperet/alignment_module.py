@@ -10,6 +10,8 @@ query aggregation, without temperature.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from typing import Any, Literal
 
 import torch
@@ -209,7 +211,17 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         captions unchanged)."""
         if not self.training or self.hparams.rtp_prob == 0:
             return list(captions)
-        return prune_captions(captions, self.hparams.rtp_prob, self.hparams.rtp_mode)
+        return prune_captions(captions, self.hparams.rtp_prob, self.hparams.rtp_mode, self.step_generator("rtp"))
+
+    def step_generator(self, purpose: str) -> torch.Generator:
+        """A CPU generator for this step's random draws (RTP, RQS), seeded from the run's seed, the step, the rank and
+        ``purpose``: the draws repeat on resume and leave torch's global RNG alone, which the ranks' shares of the
+        training data depend on (the caption sampler draws from it on every rank alike)."""
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        rank = self.global_rank if self._trainer is not None else 0
+        step = self.global_step if self._trainer is not None else 0
+        key = f"{seed}/{step}/{rank}/{purpose}".encode()
+        return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
 
     # ------------------------------------------------------------------------------------------------ optimisation
 
@@ -241,7 +253,8 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         captions = self.training_captions(batch["captions"])
         image = self.image_embeddings(batch["pixel_values"])
         text = self.text_embeddings(captions)
-        out = self.head(image, text, batch.get("image_ids"))
+        rqs = self.step_generator("rqs") if self.hparams.query_aggregation == "rqs" else None
+        out = self.head(image, text, batch.get("image_ids"), rqs)
         if not all_ranks_finite(out.loss, self.trainer.strategy if self._trainer is not None else None):
             raise NonFiniteLossError(
                 f"non-finite loss ({float(out.loss.detach())}) at step {self.global_step}; training stopped. Lower "

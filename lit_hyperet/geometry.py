@@ -3,7 +3,7 @@ image–text alignment), on top of geoopt's functional stereographic math.
 
 The spaces have curvature ``-c`` (``c > 0``); every map acts on the last dimension (row-wise for a weight matrix in
 PyTorch's ``(out, in)`` layout). All maps compute in at least float32 with autocast disabled (float64 stays float64)
-and return the input's dtype: hyperbolic maps in bf16/fp16 leave the ball (see the project's pitfalls notes).
+and return the input's dtype: hyperbolic maps in bf16/fp16 leave the ball.
 
 Three families live here:
 

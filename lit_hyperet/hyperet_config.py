@@ -35,7 +35,7 @@ DEFAULT_TARGETS = (
     r")$"
 )
 #: A targeted Linear whose qualified name ends like this holds q, k and v stacked: weight ``(3n, n)``, rows
-#: ``[q; k; v]`` (SAM and BLIP-2 ``qkv``, ``nn.MultiheadAttention``-style ``in_proj``).
+#: ``[q; k; v]`` (SAM and BLIP-2 ``qkv``; an ``nn.Linear`` named ``in_proj``, as some towers call it).
 FUSED_NAME_PATTERN = r"(?:qkv|in_proj)$"
 #: The row blocks of a fused projection, in weight order.
 FUSED_SLICE_NAMES: tuple[str, ...] = ("q", "k", "v")

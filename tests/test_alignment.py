@@ -274,7 +274,7 @@ def test_rtp_applies_only_in_training_and_only_to_captions(tiny_blip2_dir: Path)
         module.image_embeddings,
         module.text_embeddings,
     )
-    module.head.forward = lambda image, text, image_ids: (
+    module.head.forward = lambda image, text, image_ids, generator=None: (
         seen.update(ids=image_ids) or head_forward(image, text, image_ids)
     )
     module.image_embeddings = lambda px: seen.update(pixels=px) or image_embeddings(px)
@@ -614,3 +614,20 @@ def test_cli_fits_and_validates_the_alignment_module(
     metrics = cli.trainer.callback_metrics
     assert "val/r_mean" in metrics and "val/radius_text_mean" in metrics and "train/loss" in metrics
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_rtp_and_rqs_leave_the_global_rng_alone_and_repeat_per_step(tiny_blip2_dir: Path) -> None:
+    """Under DDP every rank draws the caption sampler's epoch from torch's global RNG alike: RTP and RQS draw from
+    per-step generators instead (the same draws again for the same step, e.g. after a resume)."""
+    module = make_module(tiny_blip2_dir, rtp_prob=1.0, rtp_mode="drop_words", query_aggregation="rqs")
+    module.configure_model()
+    module.train()
+    head = module.head
+    captions = ["a red square on the left", "a blue circle on the right", "a green triangle at the top"] * 4
+    image, text = head.to_space(torch.randn(len(captions), 8, 32)), head.to_space(torch.randn(3, 32))
+    state = torch.get_rng_state()
+    first = module.training_captions(captions)
+    picked = head.scores(image, text, "rqs", module.step_generator("rqs"))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert module.training_captions(captions) == first and first != captions
+    assert torch.equal(head.scores(image, text, "rqs", module.step_generator("rqs")), picked)

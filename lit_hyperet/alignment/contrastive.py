@@ -156,14 +156,17 @@ class ContrastiveAlignment(nn.Module):
         """Embeddings (any dtype) → float32 (or float64) points in the space."""
         return sp.to_space(self.space, _at_least_fp32(u), self.curvature, self.embedding_scale)
 
-    def scores(self, image: Tensor, text: Tensor, aggregation: str | None = None) -> Tensor:
+    def scores(
+        self, image: Tensor, text: Tensor, aggregation: str | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Image–text similarity ``[B, T]`` of points ``image [B, Q, D]`` and ``text [T, D]`` (from :meth:`to_space`),
         without temperature; ``aggregation`` defaults to the training one in train mode, the evaluation one
-        otherwise. The retrieval metric's scorer."""
+        otherwise; ``generator`` draws RQS's queries (torch's global RNG when ``None``)."""
         how = aggregation or (self.query_aggregation if self.training else self.eval_query_aggregation)
         q.check_aggregation(how)
         if how == "rqs":
-            image, how = q.pick_random_queries(image), "max"  # one query left: max is that query's similarity
+            # one query left: max is that query's similarity
+            image, how = q.pick_random_queries(image, generator), "max"
         return q.aggregate_queries(sp.query_similarity(self.space, image, text, self.curvature), how)
 
     def eval_scores(self, image: Tensor, text: Tensor) -> Tensor:
@@ -172,13 +175,20 @@ class ContrastiveAlignment(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- loss
 
-    def forward(self, image_embeds: Tensor, text_embeds: Tensor, image_ids: list | None = None) -> AlignmentOutput:
+    def forward(
+        self,
+        image_embeds: Tensor,
+        text_embeds: Tensor,
+        image_ids: list | None = None,
+        generator: torch.Generator | None = None,
+    ) -> AlignmentOutput:
         """Symmetric InfoNCE of ``B`` image–text pairs: ``image_embeds [B, Q, D]``, ``text_embeds [B, D]`` (pair
-        ``i`` is image ``i`` with its caption ``i``; ``image_ids`` make repeated images positives of each other)."""
+        ``i`` is image ``i`` with its caption ``i``; ``image_ids`` make repeated images positives of each other;
+        ``generator`` draws RQS's queries)."""
         if self.training:
             self.clamp_()
         image, text = self.to_space(image_embeds), self.to_space(text_embeds)
-        logits = self.scores(image, text) / self.temperature
+        logits = self.scores(image, text, generator=generator) / self.temperature
         positives = same_image(image_ids).to(logits.device) if image_ids is not None else None
         loss = symmetric_infonce(logits, self.label_smoothing, positives)
         if self.space == "euclidean":  # c and α unused: a zero weight keeps them in the graph (see module doc)

@@ -36,7 +36,9 @@ def check_aggregation(how: str, allowed: tuple[str, ...] = QUERY_AGGREGATIONS) -
 
 def random_query_indices(batch: int, queries: int, device: torch.device | str = "cpu", generator=None) -> Tensor:
     """``[batch]`` query indices, each uniform over ``0 … queries − 1`` (torch's global RNG unless ``generator``)."""
-    return torch.randint(queries, (batch,), device=device, generator=generator)
+    if generator is not None:  # a CPU generator: draw on the CPU, then move
+        return torch.randint(queries, (batch,), generator=generator).to(device)
+    return torch.randint(queries, (batch,), device=device)
 
 
 def pick_random_queries(image: Tensor, generator=None) -> Tensor:

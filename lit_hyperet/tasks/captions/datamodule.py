@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from lit_hyperet.data.errors import DataError
@@ -172,8 +174,16 @@ class CaptionDataModule(L.LightningDataModule):
                 num_workers=self.num_workers,
                 collate_fn=collate_captions,
             )
+        # Several processes: each image once in all (Lightning's default sampler pads by repeating images, and a
+        # repeated image ties with itself in the retrieval ranks).
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        sampler = UnrepeatedDistributedSampler(dataset, shuffle=False) if distributed else None
         return DataLoader(
-            dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers, collate_fn=collate_captions
+            dataset,
+            batch_size=self.eval_batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate_captions,
         )
 
     def train_dataloader(self) -> DataLoader:
