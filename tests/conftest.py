@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,3 +40,19 @@ def demo_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lit_hyperet.tasks.scienceqa.demo import make_demo_data
 
     return make_demo_data(tmp_path_factory.mktemp("demo_data"), num_problems=120, seed=0)
+
+
+@pytest.fixture
+def one_process_group(tmp_path: Path) -> Iterator[Any]:
+    """A gloo group of world size 1 and its 1-D data-parallel mesh (what FSDP2Strategy builds, at size 1)."""
+    import datetime
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1, timeout=datetime.timedelta(seconds=60))
+    try:
+        yield init_device_mesh("cpu", (1,), mesh_dim_names=("data_parallel",))
+    finally:
+        dist.destroy_process_group()

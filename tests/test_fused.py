@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import copy
-import datetime
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -358,19 +354,6 @@ def test_trainable_only_state_round_trip_on_a_fused_tower() -> None:
     assert not result.unexpected_keys and set(result.missing_keys).isdisjoint(state)
     pixels = torch.randn(1, 3, 32, 32)
     assert torch.equal(fresh(pixel_values=pixels).last_hidden_state, tower(pixel_values=pixels).last_hidden_state)
-
-
-@pytest.fixture
-def one_process_group(tmp_path: Path) -> Iterator[Any]:
-    """A gloo group of world size 1 and its 1-D mesh."""
-    from torch.distributed.device_mesh import init_device_mesh
-
-    store = dist.FileStore(str(tmp_path / "store"), 1)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1, timeout=datetime.timedelta(seconds=60))
-    try:
-        yield init_device_mesh("cpu", (1,), mesh_dim_names=("data_parallel",))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.filterwarnings("ignore:FSDP2-wrapped module .* returned a view tensor")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.training import train_steps
 from PIL import Image, ImageDraw
 from torch import nn
 from torch.nn.utils import parametrize
@@ -119,25 +120,12 @@ def test_trainable_set_is_exactly_hyperet_projector_lora(
     assert len(lora_modules) == (7 * plain.config.text_config.num_hidden_layers if lora else 0)
 
 
-def _trained(model: nn.Module, batch: dict, steps: int, lr: float = 1e-2) -> list[float]:
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
-    losses = []
-    for _ in range(steps):
-        loss = model(**batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
-
-
 def test_frozen_weights_stay_bit_identical(tiny_model_dir: Path) -> None:
     source = PretrainedLlava(str(tiny_model_dir))
     model = build_llava(source, HyperETConfig(), lora=LORA)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    _trained(model, _batch(source.load_processor()), steps=3)
+    train_steps(model, _batch(source.load_processor()), steps=3)
     params = dict(model.named_parameters())
     assert all(torch.equal(params[n], before) for n, before in frozen.items())
     changed = {n for n, before in trainable.items() if not torch.equal(params[n], before)}
@@ -164,7 +152,7 @@ def test_loss_goes_down(tiny_model_dirs: dict[str, Path], vision: str) -> None:
     torch.manual_seed(0)
     source = PretrainedLlava(str(tiny_model_dirs[vision]))
     model = build_llava(source, HyperETConfig(), lora=LORA)
-    losses = _trained(model, _batch(source.load_processor()), steps=10)
+    losses = train_steps(model, _batch(source.load_processor()), steps=10)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.9 * losses[0], losses
 

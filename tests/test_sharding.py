@@ -4,15 +4,11 @@ strategy's refusals. (Multi-process runs: tests/test_distributed.py.)"""
 from __future__ import annotations
 
 import copy
-import datetime
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 
 from lit_hyperet.checkpoints import CheckpointError
@@ -45,17 +41,6 @@ def first_batch(datamodule: Any, stage: str) -> dict[str, Any]:
     datamodule.setup(stage)
     loader = datamodule.train_dataloader() if stage == "fit" else datamodule.val_dataloader()
     return next(iter(loader))
-
-
-@pytest.fixture
-def one_process_group(tmp_path: Path) -> Iterator[Any]:
-    """A gloo group of world size 1 and its 1-D data-parallel mesh (what FSDP2Strategy builds, at size 1)."""
-    store = dist.FileStore(str(tmp_path / "store"), 1)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1, timeout=datetime.timedelta(seconds=60))
-    try:
-        yield init_device_mesh("cpu", (1,), mesh_dim_names=("data_parallel",))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_layer_units_are_the_transformer_blocks(tiny_model_dir: Path, demo_data_dir: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.training import train_steps
 from PIL import Image, ImageDraw
 from transformers import (
     AutoProcessor,
@@ -145,19 +146,6 @@ def test_tiny_model_loads_and_feeds_its_tokens_to_the_llm(tower_dirs: dict[str, 
     torch.testing.assert_close(_image_embeddings(model, batch), expected)
 
 
-def _trained(model: torch.nn.Module, batch: dict, steps: int, lr: float = 1e-2) -> list[float]:
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
-    losses = []
-    for _ in range(steps):
-        loss = model(**batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
-
-
 @pytest.mark.parametrize("tower", TOWERS)
 def test_trains_with_hyperet_and_lora_then_exports(tower_dirs: dict[str, Path], tower: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
@@ -173,7 +161,7 @@ def test_trains_with_hyperet_and_lora_then_exports(tower_dirs: dict[str, Path], 
     assert sum(p.numel() for _, p in groups["hyperet"]) == 2 * 2 * 64
 
     batch = {k: v for k, v in _batch(processor).items() if k in MODEL_KEYS}
-    losses = _trained(model, batch, steps=10)
+    losses = train_steps(model, batch, steps=10)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.9 * losses[0], losses
 
