@@ -24,6 +24,7 @@ from lit_hyperet.hyperet import (
     merge_hyperet,
     summarize_report,
 )
+from lit_hyperet.models.tiny_configs import vision_config
 from lit_hyperet.structured import banded_parameter_count
 from lit_hyperet.user_errors import ConfigError
 
@@ -269,40 +270,21 @@ def test_a_qkv_name_only_matters_at_the_end() -> None:
 # ----------------------------------------------------------------------------- real towers
 
 
-def sam_vision_model() -> nn.Module:
-    from transformers import SamVisionConfig, SamVisionModel
+def _tower(kind: str) -> nn.Module:
+    """A tiny tower 32 wide (2 heads) from the shared tiny configs, seeded."""
+    from transformers import Blip2VisionModel, DINOv3ViTModel, SamVisionModel
 
-    config = SamVisionConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        mlp_dim=64,
-        image_size=32,
-        patch_size=8,
-        output_channels=16,
-        window_size=2,
-        global_attn_indexes=[1],
-        num_pos_feats=16,
-        initializer_range=0.02,  # SAM's default 1e-10 puts every weight row below the released norm floor
-    )
+    model_class = {"sam": SamVisionModel, "blip2": Blip2VisionModel, "dinov3": DINOv3ViTModel}[kind]
     torch.manual_seed(0)
-    return SamVisionModel(config).eval()
+    return model_class(vision_config(kind, hidden_size=32, num_attention_heads=2)).eval()
+
+
+def sam_vision_model() -> nn.Module:
+    return _tower("sam")
 
 
 def blip2_vision_model() -> nn.Module:
-    from transformers import Blip2VisionConfig, Blip2VisionModel
-
-    config = Blip2VisionConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=32,
-        patch_size=8,
-        initializer_range=0.02,  # as SAM's: the default 1e-10 is below the released norm floor
-    )
-    torch.manual_seed(0)
-    return Blip2VisionModel(config).eval()
+    return _tower("blip2")
 
 
 TOWERS = {"sam": sam_vision_model, "blip2": blip2_vision_model}
@@ -399,19 +381,7 @@ def default_matches(model: nn.Module) -> list[str]:
 
 
 def test_default_targets_adapt_dinov3_q_and_v_only() -> None:
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel
-
-    config = DINOv3ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=32,
-        patch_size=8,
-        num_register_tokens=4,
-    )
-    torch.manual_seed(0)
-    tower = DINOv3ViTModel(config).eval()
+    tower = _tower("dinov3")
     pixels = torch.randn(1, 3, 32, 32)
     before = tower(pixel_values=pixels).last_hidden_state
     names = apply_hyperet(tower, HyperETConfig())
