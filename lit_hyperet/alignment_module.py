@@ -5,22 +5,28 @@ projections), and the contrastive head of :mod:`lit_hyperet.alignment` (space, q
 temperature / curvature / embedding scale, label-smoothed symmetric InfoNCE). Random Text Pruning is applied to the
 caption strings of training batches before tokenisation, never in evaluation. Validation and test rank every caption
 of the evaluated images against every image (``ImageTextRecall``) with the space's similarity and the evaluation
-query aggregation, without temperature.
+query aggregation, without temperature, and summarise the radius (per caption specificity level where the
+annotations give levels). Optional terms, off by default: MERU's entailment loss and image–text matching with hard
+negatives through the model's own ITM head.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torchmetrics.aggregation import MeanMetric
+from torchmetrics.aggregation import CatMetric, MeanMetric
+from torchmetrics.functional import spearman_corrcoef
 
 from lit_hyperet.alignment import (
+    ENTAILMENT_SPACES,
     EVAL_QUERY_AGGREGATIONS,
+    MERU_APERTURE,
     QUERY_AGGREGATIONS,
     RTP_MODES,
     SPACES,
@@ -29,7 +35,10 @@ from lit_hyperet.alignment import (
     QueryAggregation,
     RtpMode,
     Space,
+    hardest_negatives,
+    itm_loss,
     prune_captions,
+    same_image,
 )
 from lit_hyperet.class_paths import to_spec
 from lit_hyperet.hyperet import HyperETConfig, adapted_module_names
@@ -39,15 +48,27 @@ from lit_hyperet.models.blip2 import (
     build_blip2_retrieval,
     count_parameters,
     image_query_embeddings,
+    itm_logits,
     text_embeddings,
     trainable_groups,
+    vision_features,
 )
+from lit_hyperet.models.loading import set_image_size
 from lit_hyperet.non_finite import NonFiniteLossError, all_ranks_finite
 from lit_hyperet.schedule import WarmupCosineLR
 from lit_hyperet.trainable_module import TrainableOnlyModule, as_dataclass, as_source
 from lit_hyperet.user_errors import ConfigError
 
 RADIUS_METRICS = ("radius_image_mean", "radius_text_mean", "radius_saturated_fraction")
+#: Logged per specificity level ``k`` of the evaluated captions (when the annotations give levels): the mean caption
+#: radius ``radius_text_level<k>_mean``, and over all of them the Spearman correlation of radius with level.
+LEVEL_METRIC = "radius_text_level{level}_mean"
+SPEARMAN_METRIC = "radius_text_specificity_spearman"
+
+
+def metric_name(key: str) -> str:
+    """A recall key as logged: ``i2t_R@1`` → ``i2t_R1`` (MLflow refuses ``@`` in metric names)."""
+    return key.replace("@", "")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -86,6 +107,15 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         hyperet_lr: learning rate of the HyperET matrices; ``None``: ``lr``.
         weight_decay: decoupled weight decay of parameters with ≥ 2 dims (BLIP-2: 0.05); none on 1-D ones and scalars.
         max_text_length: captions are truncated to this many tokens (``[CLS]`` and ``[SEP]`` included; BLIP-2: 32).
+        entailment_weight: weight of MERU's entailment loss (0: off; MERU: 0.2): each caption's cone should contain
+            the image query that scores its pair (:mod:`lit_hyperet.alignment.entailment`). Hyperbolic spaces only;
+            with ``poincare_cosine`` it is the only term of the loss that sees the radius.
+        entailment_aperture: MERU's ``K`` in the half aperture ``asin(2K / (√c‖t‖))`` (MERU: 0.1).
+        itm_weight: weight of image–text matching (0: off): the model's ITM head, trained, scores each positive pair
+            and the hardest negative text of each image and image of each text mined from the batch's contrastive
+            similarities (:mod:`lit_hyperet.alignment.itm`).
+        image_size: process images at this square resolution (LAVIS' retrieval fine-tuning: 364) instead of the
+            processor's own; the vision tower interpolates its position embeddings. ``None``: the processor's.
     """
 
     #: Hyper-parameters (dotted) that change which tensors are trainable; the space does not (every space has the
@@ -118,6 +148,10 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         hyperet_lr: float | None = None,
         weight_decay: float = 0.05,
         max_text_length: int = 32,
+        entailment_weight: float = 0.0,
+        entailment_aperture: float = MERU_APERTURE,
+        itm_weight: float = 0.0,
+        image_size: int | None = None,
     ) -> None:
         super().__init__()
         _choice("space", space, SPACES)
@@ -136,6 +170,17 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
             raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if max_text_length < 2:
             raise ConfigError(f"max_text_length must be >= 2 ([CLS] and [SEP]), got {max_text_length}")
+        if entailment_weight < 0 or itm_weight < 0:
+            raise ConfigError(f"entailment_weight and itm_weight must be >= 0, got {entailment_weight}, {itm_weight}")
+        if entailment_weight > 0 and space not in ENTAILMENT_SPACES:
+            raise ConfigError(
+                f"entailment_weight > 0 needs a hyperbolic space ({', '.join(ENTAILMENT_SPACES)}): space {space!r} "
+                "has unit vectors and no entailment cones; set entailment_weight: 0 or change the space"
+            )
+        if not entailment_aperture > 0:
+            raise ConfigError(f"entailment_aperture must be > 0, got {entailment_aperture}")
+        if image_size is not None and image_size < 1:
+            raise ConfigError(f"image_size must be a positive pixel count (or null), got {image_size}")
         # Not logged as they are (internal keys): RunRecord logs the values used.
         self.save_hyperparameters(logger=False)
         # Objects built in Python are stored as plain specs, so checkpoints load with torch.load(weights_only=True).
@@ -145,12 +190,16 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         self.hyperet_config: HyperETConfig | None = as_dataclass(hyperet, HyperETConfig)
         self._optimizer_spec, self._scheduler_spec = optimizer, lr_scheduler
         self.processor = self.source.load_processor()
+        if image_size is not None:
+            set_image_size(self.processor.image_processor, image_size)
         self.blip2: nn.Module | None = None
         self.head: ContrastiveAlignment | None = None
         self.val_metric: Any = None
         self.test_metric: Any = None
         self.val_radius: nn.ModuleDict | None = None
         self.test_radius: nn.ModuleDict | None = None
+        self.val_levels: nn.ModuleDict | None = None
+        self.test_levels: nn.ModuleDict | None = None
 
     # ------------------------------------------------------------------------------------------------ model
 
@@ -160,7 +209,9 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
             return
         if self.device_mesh is not None:
             raise ConfigError("HyperbolicAlignmentModule runs on one device or with DDP, not with FSDP2Strategy")
-        self.blip2 = build_blip2_retrieval(self.source, hyperet=self.hyperet_config)
+        self.blip2 = build_blip2_retrieval(
+            self.source, hyperet=self.hyperet_config, train_itm=self.hparams.itm_weight > 0
+        )
         self.blip2.train()  # from_pretrained returns eval mode; Lightning switches modes per loop from here
         positions = self.blip2.config.qformer_config.max_position_embeddings
         if self.hparams.max_text_length > positions:
@@ -177,6 +228,8 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
             label_smoothing=hp.label_smoothing,
             query_aggregation=hp.query_aggregation,
             eval_query_aggregation=hp.eval_query_aggregation,
+            entailment_weight=hp.entailment_weight,
+            entailment_aperture=hp.entailment_aperture,
         )
 
     def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
@@ -249,19 +302,35 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
     # ------------------------------------------------------------------------------------------------ steps
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """Symmetric InfoNCE over the batch's image–caption pairs (captions pruned by RTP first)."""
+        """Symmetric InfoNCE over the batch's image–caption pairs (captions pruned by RTP first), plus the weighted
+        entailment and ITM terms when they are on."""
         captions = self.training_captions(batch["captions"])
-        image = self.image_embeddings(batch["pixel_values"])
+        self.configure_model()
+        matching = self.hparams.itm_weight > 0
+        # with ITM the vision features are computed once, for the queries and for the matching pairs
+        features = vision_features(self.blip2, batch["pixel_values"]) if matching else None
+        if features is None:
+            image = self.image_embeddings(batch["pixel_values"])
+        else:
+            image = image_query_embeddings(self.blip2, features=features)
         text = self.text_embeddings(captions)
         rqs = self.step_generator("rqs") if self.hparams.query_aggregation == "rqs" else None
         out = self.head(image, text, batch.get("image_ids"), rqs)
-        if not all_ranks_finite(out.loss, self.trainer.strategy if self._trainer is not None else None):
+        loss = out.loss
+        size = len(captions)
+        if matching:
+            itm = self.itm_loss(features, self.tokenize(captions), out.logits, batch.get("image_ids"))
+            self.log("train/loss_itm", itm.detach(), batch_size=size)
+            loss = loss + self.hparams.itm_weight * itm
+        if not all_ranks_finite(loss, self.trainer.strategy if self._trainer is not None else None):
             raise NonFiniteLossError(
-                f"non-finite loss ({float(out.loss.detach())}) at step {self.global_step}; training stopped. Lower "
+                f"non-finite loss ({float(loss.detach())}) at step {self.global_step}; training stopped. Lower "
                 "the learning rate, or check the embedding scale and curvature"
             )
-        size = len(captions)
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        if out.entailment is not None:
+            self.log("train/loss_itc", out.contrastive.detach(), batch_size=size)
+            self.log("train/loss_entailment", out.entailment.detach(), batch_size=size)
         self.log("train/temperature", self.head.temperature.detach(), batch_size=size)
         self.log("train/curvature", self.head.curvature.detach(), batch_size=size)
         self.log("train/embedding_scale", self.head.embedding_scale.detach(), batch_size=size)
@@ -269,7 +338,21 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         self.log("train/radius_image_mean", stats["image"].mean(), batch_size=size)
         self.log("train/radius_text_mean", stats["text"].mean(), batch_size=size)
         self.log("train/radius_saturated_fraction", stats["saturated"].mean(), batch_size=size)
-        return out.loss
+        return loss
+
+    def itm_loss(
+        self, features: torch.Tensor, tokens: dict[str, torch.Tensor], logits: torch.Tensor, image_ids: list | None
+    ) -> torch.Tensor:
+        """Image–text matching over the ``B`` positive pairs and the hardest negatives mined from the contrastive
+        ``logits [B, B]`` (pairs of the same image never count as negatives), scored by the model's ITM head."""
+        count = logits.shape[0]
+        positives = same_image(image_ids) if image_ids is not None else torch.eye(count, dtype=torch.bool)
+        mined = hardest_negatives(logits, positives.to(logits.device))
+        pairs = torch.arange(count, device=logits.device)
+        images = torch.cat([pairs, mined.image_rows, mined.image_for_text])
+        texts = torch.cat([pairs, mined.text_for_image, mined.text_rows])
+        scores = itm_logits(self.blip2, features[images], tokens["input_ids"][texts], tokens["attention_mask"][texts])
+        return itm_loss(scores, count)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate("val", batch)
@@ -292,6 +375,15 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         radius["radius_image_mean"].update(stats["image"])
         radius["radius_text_mean"].update(stats["text"])
         radius["radius_saturated_fraction"].update(stats["saturated"])
+        levels = batch.get("specificity") or []
+        known = [i for i, image_levels in enumerate(levels) if image_levels is not None]
+        if known:
+            offsets = [0, *itertools.accumulate(len(c) for c in captions)]
+            rows = [offsets[i] + k for i in known for k in range(len(captions[i]))]
+            values = [level for i in known for level in levels[i]]
+            per_level = self._levels(stage)
+            per_level["radius"].update(stats["text"][torch.tensor(rows, device=stats["text"].device)])
+            per_level["level"].update(torch.tensor(values, dtype=torch.float32, device=self.device))
 
     def on_validation_epoch_end(self) -> None:
         self._log_stage("val")
@@ -325,13 +417,37 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
             setattr(self, attr, nn.ModuleDict({name: MeanMetric() for name in RADIUS_METRICS}).to(self.device))
         return getattr(self, attr)
 
+    def _levels(self, stage: str) -> nn.ModuleDict:
+        attr = f"{stage}_levels"
+        if getattr(self, attr) is None:
+            setattr(self, attr, nn.ModuleDict({"radius": CatMetric(), "level": CatMetric()}).to(self.device))
+        return getattr(self, attr)
+
     def _log_stage(self, stage: str) -> None:
-        """Log the stage's recall (percent) and radius means, then reset them for the next evaluation."""
+        """Log the stage's recall (percent, names without ``@``), radius means and, with specificity levels, the mean
+        caption radius per level and its Spearman correlation with the level; then reset them."""
         metric = self._metric(stage)
         if getattr(metric, "update_called", True):
-            self.log_dict({f"{stage}/{k}": v for k, v in metric.compute().items()}, sync_dist=False)
+            self.log_dict({f"{stage}/{metric_name(k)}": v for k, v in metric.compute().items()}, sync_dist=False)
         metric.reset()
         for name, mean in self._radius(stage).items():
             if mean.update_called:
                 self.log(f"{stage}/{name}", mean.compute(), sync_dist=False)
             mean.reset()
+        per_level = self._levels(stage)
+        if per_level["radius"].update_called:
+            radius, level = (per_level[k].compute().double().flatten() for k in ("radius", "level"))
+            for value in sorted(set(level.tolist())):
+                name = LEVEL_METRIC.format(level=int(value))
+                self.log(f"{stage}/{name}", radius[level == value].mean(), sync_dist=False)
+            self.log(f"{stage}/{SPEARMAN_METRIC}", specificity_spearman(radius, level), sync_dist=False)
+        for cat in per_level.values():
+            cat.reset()
+
+
+def specificity_spearman(radius: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """Spearman's rank correlation of caption radius with specificity level (ties get their average rank); ``NaN``
+    with fewer than two captions or a constant side."""
+    if radius.numel() < 2 or radius.unique().numel() < 2 or level.unique().numel() < 2:
+        return torch.tensor(float("nan"), dtype=torch.float64)
+    return spearman_corrcoef(radius, level)

@@ -1,6 +1,7 @@
 """Hyperbolic image–text alignment, model-agnostic: the spaces (Euclidean, Poincaré cosine, Poincaré distance,
 Lorentz), query aggregation (max, mean, Random Query Selection), Random Text Pruning, the contrastive head with its
-learnable temperature, curvature and embedding scale, and radius statistics.
+learnable temperature, curvature and embedding scale, radius statistics, MERU's entailment loss and the hard
+negatives of image–text matching.
 
 Imports only torch, geoopt and :mod:`lit_hyperet.geometry` (never a model family, a task or the data plumbing).
 """
@@ -16,6 +17,16 @@ from lit_hyperet.alignment.contrastive import (
     same_image,
     symmetric_infonce,
 )
+from lit_hyperet.alignment.entailment import (
+    ENTAILMENT_SPACES,
+    MERU_APERTURE,
+    MERU_WEIGHT,
+    check_entailment_space,
+    entailment_loss,
+    exterior_angle,
+    half_aperture,
+)
+from lit_hyperet.alignment.itm import HardNegatives, hardest_negatives, itm_loss
 from lit_hyperet.alignment.queries import (
     EVAL_QUERY_AGGREGATIONS,
     QUERY_AGGREGATIONS,
@@ -40,20 +51,30 @@ from lit_hyperet.alignment.text_pruning import RTP_MODES, RtpMode, prune_caption
 __all__ = [
     "CURVATURE_RANGE_FACTOR",
     "DISTANCE_SPACES",
+    "ENTAILMENT_SPACES",
     "EVAL_QUERY_AGGREGATIONS",
     "MAX_EMBEDDING_SCALE",
+    "MERU_APERTURE",
+    "MERU_WEIGHT",
     "QUERY_AGGREGATIONS",
     "RTP_MODES",
     "SPACES",
     "TEMPERATURE_RANGE",
     "AlignmentOutput",
     "ContrastiveAlignment",
+    "HardNegatives",
     "QueryAggregation",
     "RtpMode",
     "Space",
     "aggregate_queries",
+    "check_entailment_space",
     "cosine_identity_gap",
+    "entailment_loss",
+    "exterior_angle",
+    "half_aperture",
+    "hardest_negatives",
     "hyperbolic_points",
+    "itm_loss",
     "pick_random_queries",
     "prune_caption",
     "prune_captions",

@@ -10,6 +10,9 @@ Parameters (stored as logarithms; clamped in place before each use, and read thr
   fixed or learnable. ``euclidean`` uses neither ``c`` nor ``α``: they stay in the graph with a zero weight, so
   every space has the same trainable tensors (checkpoints of one space load in another, and DDP sees every trainable
   parameter used).
+
+Optional: MERU's entailment loss (:mod:`.entailment`) added with a weight, on each caption and the image query that
+scores its pair (the drawn one under RQS, the best-matching one under ``max``, every query under ``mean``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_hyperet.alignment import queries as q, spaces as sp
+from lit_hyperet.alignment import entailment as ent, queries as q, spaces as sp
 from lit_hyperet.geometry import at_least_fp32
 
 Tensor = torch.Tensor
@@ -58,13 +61,16 @@ def same_image(image_ids: list) -> Tensor:
 
 @dataclass
 class AlignmentOutput:
-    """``loss`` (scalar), ``logits`` ``[B, B]`` (similarity / temperature), and the points in the space:
-    ``image`` ``[B, Q, D]``, ``text`` ``[B, D]``."""
+    """``loss`` (scalar: contrastive + weighted entailment), ``logits`` ``[B, B]`` (similarity / temperature), the
+    points in the space: ``image`` ``[B, Q, D]``, ``text`` ``[B, D]``, the ``contrastive`` term and the unweighted
+    ``entailment`` term (``None`` when its weight is 0)."""
 
     loss: Tensor
     logits: Tensor
     image: Tensor
     text: Tensor
+    contrastive: Tensor | None = None
+    entailment: Tensor | None = None
 
 
 class ContrastiveAlignment(nn.Module):
@@ -81,6 +87,8 @@ class ContrastiveAlignment(nn.Module):
         label_smoothing: ``ε`` of the InfoNCE targets.
         query_aggregation: ``max``, ``rqs`` or ``mean`` in training (:mod:`.queries`).
         eval_query_aggregation: ``max`` or ``mean`` in evaluation (and whenever the head is in eval mode).
+        entailment_weight: weight of MERU's entailment loss (0: off; MERU: 0.2); hyperbolic spaces only.
+        entailment_aperture: MERU's ``min_radius`` ``K`` of the cones' half aperture ``asin(2K / (√c‖t‖))``.
     """
 
     def __init__(
@@ -95,9 +103,17 @@ class ContrastiveAlignment(nn.Module):
         label_smoothing: float = 0.1,
         query_aggregation: q.QueryAggregation = "max",
         eval_query_aggregation: str = "max",
+        entailment_weight: float = 0.0,
+        entailment_aperture: float = ent.MERU_APERTURE,
     ) -> None:
         super().__init__()
         sp.check_space(space)
+        if entailment_weight < 0 or not entailment_aperture > 0:
+            raise ValueError(
+                f"entailment weight must be >= 0 and aperture > 0, got {entailment_weight}, {entailment_aperture}"
+            )
+        if entailment_weight > 0:
+            ent.check_entailment_space(space)
         q.check_aggregation(query_aggregation)
         q.check_aggregation(eval_query_aggregation, q.EVAL_QUERY_AGGREGATIONS)
         scale = 1 / math.sqrt(dim) if embedding_scale is None else embedding_scale
@@ -111,6 +127,7 @@ class ContrastiveAlignment(nn.Module):
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.dim, self.space = dim, space
+        self.entailment_weight, self.entailment_aperture = entailment_weight, entailment_aperture
         self.label_smoothing = label_smoothing
         self.query_aggregation, self.eval_query_aggregation = query_aggregation, eval_query_aggregation
         self.initial_curvature = float(curvature)
@@ -188,12 +205,30 @@ class ContrastiveAlignment(nn.Module):
         if self.training:
             self.clamp_()
         image, text = self.to_space(image_embeds), self.to_space(text_embeds)
-        logits = self.scores(image, text, generator=generator) / self.temperature
+        how = self.query_aggregation if self.training else self.eval_query_aggregation
+        scored = q.pick_random_queries(image, generator) if how == "rqs" else image  # the queries the loss sees
+        similarity = sp.query_similarity(self.space, scored, text, self.curvature)
+        logits = q.aggregate_queries(similarity, "max" if how == "rqs" else how) / self.temperature
         positives = same_image(image_ids).to(logits.device) if image_ids is not None else None
-        loss = symmetric_infonce(logits, self.label_smoothing, positives)
+        contrastive = loss = symmetric_infonce(logits, self.label_smoothing, positives)
+        entailment = None
+        if self.entailment_weight > 0:
+            entailment = self.entailment(scored, text, similarity, how)
+            loss = loss + self.entailment_weight * entailment
         if self.space == "euclidean":  # c and α unused: a zero weight keeps them in the graph (see module doc)
             loss = loss + 0.0 * (self.log_curvature + self.log_embedding_scale)
-        return AlignmentOutput(loss=loss, logits=logits, image=image, text=text)
+        return AlignmentOutput(loss, logits, image, text, contrastive, entailment)
+
+    def entailment(self, image: Tensor, text: Tensor, similarity: Tensor, how: str) -> Tensor:
+        """MERU's entailment loss of the ``B`` pairs (image ``i``, caption ``i``) from points ``image [B, Q', D]`` and
+        ``text [B, D]`` and their per-query ``similarity [B, Q', B]``: on the best-matching query under ``max`` (and
+        RQS's single drawn query), on every query under ``mean``."""
+        pairs = torch.arange(image.shape[0], device=image.device)
+        if how == "mean":
+            texts = text[:, None].expand_as(image)
+            return ent.entailment_loss(self.space, texts, image, self.curvature, self.entailment_aperture)
+        best = similarity[pairs, :, pairs].argmax(dim=-1)  # [B]: the query scoring each positive pair
+        return ent.entailment_loss(self.space, text, image[pairs, best], self.curvature, self.entailment_aperture)
 
     # ---------------------------------------------------------------------------------------------- radius
 
@@ -214,7 +249,8 @@ class ContrastiveAlignment(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, space={self.space}, query_aggregation={self.query_aggregation}, "
-            f"eval_query_aggregation={self.eval_query_aggregation}, label_smoothing={self.label_smoothing}"
+            f"eval_query_aggregation={self.eval_query_aggregation}, label_smoothing={self.label_smoothing}, "
+            f"entailment_weight={self.entailment_weight}"
         )
 
 

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from dataclasses import is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,19 @@ def parameter_counts(model: nn.Module, groups: Mapping[str, list[tuple[str, nn.P
     }
     counts.update({group: sum(p.numel() for _, p in params) for group, params in groups.items()})
     return counts
+
+
+def set_image_size(image_processor: Any, size: int) -> None:
+    """Make a Hugging Face image processor resize (and crop) to ``size`` × ``size``: every size and crop entry it has
+    (``shortest_edge``, ``longest_edge``, ``height``, ``width``; a dict or transformers' ``SizeDict``) becomes
+    ``size``."""
+    keys = ("shortest_edge", "longest_edge", "height", "width")
+    for name in ("size", "crop_size"):
+        current = getattr(image_processor, name, None)
+        if is_dataclass(current):  # transformers' SizeDict
+            set_keys = {k: size for k in keys if getattr(current, k, None) is not None}
+            setattr(image_processor, name, replace(current, **set_keys))
+        elif isinstance(current, dict):
+            setattr(
+                image_processor, name, {k: (size if k in keys and v is not None else v) for k, v in current.items()}
+            )

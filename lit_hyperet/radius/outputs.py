@@ -155,11 +155,16 @@ def _nan_to_none(x: Any) -> Any:
 _BAD = re.compile(r"[^A-Za-z0-9_\-./ ]")
 
 
+def metric_key(name: str) -> str:
+    """``name`` with every character MLflow refuses in a metric name replaced by ``_``."""
+    return _BAD.sub("_", name)
+
+
 def headline_metrics(summary: dict[str, Any]) -> dict[str, float]:
     """``<run>/<source>/<quantity>_mean`` (group ``all``, token mean) plus image and skip counts, per run."""
     metrics: dict[str, float] = {}
     for run, entry in summary["runs"].items():
-        key = _BAD.sub("_", run)
+        key = metric_key(run)
         metrics[f"{key}/images"] = float(entry["counts"]["images"])
         metrics[f"{key}/skipped_text_only"] = float(entry["counts"]["skipped_text_only"])
         for source, per in entry["groups"].get("all", {}).items():
@@ -172,15 +177,21 @@ def headline_metrics(summary: dict[str, Any]) -> dict[str, float]:
 
 
 def log_run(
-    out_dir: Path, params: dict[str, Any], summary: dict[str, Any], run_name: str, experiment: str = EXPERIMENT
+    out_dir: Path,
+    params: dict[str, Any],
+    summary: dict[str, Any],
+    run_name: str,
+    experiment: str = EXPERIMENT,
+    metrics: dict[str, float] | None = None,
 ) -> str:
-    """Log params, headline metrics and every file of ``out_dir`` to a new MLflow run; returns its run id."""
+    """Log params, metrics (default: the summary's :func:`headline_metrics`) and every file of ``out_dir`` to a new
+    MLflow run; returns its run id."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        mlflow.log_metrics(headline_metrics(summary))
+        mlflow.log_metrics(headline_metrics(summary) if metrics is None else metrics)
         mlflow.log_artifacts(str(out_dir))
         return run.info.run_id

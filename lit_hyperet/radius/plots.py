@@ -172,3 +172,61 @@ def plot_reliability(table: pd.DataFrame, path: Path) -> Path:
     """``reliability.png``: accuracy (%) per radius quantile bin (:func:`reliability_figure`)."""
     reliability_figure(table).savefig(path, dpi=110)
     return path
+
+
+# ------------------------------------------------------------------------------------------------ alignment
+
+SPECIFICITY_PNG = "radius_specificity.png"
+GRID_PNG = "radius_grid.png"
+LABELS_ALIGNMENT = {
+    "rad": "hyperbolic radius (distance to the origin)",
+    "ball_norm": "Poincare-ball norm",
+    "norm_radius": "normalised radius tanh(sqrt(c) rad / 2)",
+}
+
+
+def specificity_figure(captions: pd.DataFrame, quantity: str = "rad") -> Figure:
+    """Caption ``quantity`` per specificity level, one box per level and run (columns ``run``, ``specificity``,
+    ``quantity``), each run's Spearman correlation in its legend entry (column ``spearman`` when present)."""
+    runs = list(dict.fromkeys(captions["run"]))
+    levels = sorted(set(captions["specificity"]))
+    fig = Figure(figsize=(max(6.0, 1.2 * len(levels) * max(len(runs), 1) + 2), 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(runs), 1)
+    for i, (run, colour) in enumerate(zip(runs, _colours(len(runs)), strict=True)):
+        rows = captions[captions["run"] == run]
+        data = [rows.loc[rows["specificity"] == level, quantity].to_numpy() for level in levels]
+        positions = [li - 0.4 + width * (i + 0.5) for li in range(len(levels))]
+        kept = [(d, x) for d, x in zip(data, positions, strict=True) if d.size]
+        parts = ax.boxplot([d for d, _ in kept], positions=[x for _, x in kept], widths=width * 0.8, patch_artist=True)
+        for box in parts["boxes"]:
+            box.set_facecolor(colour)
+            box.set_alpha(0.5)
+        rho = rows["spearman"].iloc[0] if "spearman" in rows and len(rows) else float("nan")
+        ax.plot([], [], color=colour, linewidth=6, alpha=0.5, label=f"{run} (Spearman {rho:.3f}, n={len(rows)})")
+    ax.set_xticks(range(len(levels)), [str(level) for level in levels])
+    ax.set_xlabel("caption specificity")
+    ax.set_ylabel(f"caption {LABELS_ALIGNMENT.get(quantity, quantity)}")
+    ax.set_title("Caption radius by specificity")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def grid_figure(images: Sequence[tuple[Any, float, str]], columns: int = 8, title: str = "") -> Figure:
+    """A grid of images in the order given, low to high radius (the paper's Figure 1): ``(PIL image, radius,
+    label)`` per cell, the radius and label under each."""
+    rows = max(1, math.ceil(len(images) / columns))
+    cols = min(columns, max(len(images), 1))
+    fig = Figure(figsize=(1.6 * cols, 1.9 * rows + 0.6))
+    FigureCanvasAgg(fig)
+    for index, (image, radius, label) in enumerate(images):
+        ax = fig.add_subplot(rows, cols, index + 1)
+        ax.imshow(np.asarray(image))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(f"{radius:.3f}\n{label}", fontsize=7)
+    fig.suptitle(title or "Images sorted by radius (low → high)", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -24,6 +24,7 @@ from torch import nn
 
 from lit_hyperet.checkpoints import CheckpointError, load_trainable
 from lit_hyperet.encoders import prefix_tokens
+from lit_hyperet.models.loading import set_image_size as set_processor_image_size
 from lit_hyperet.radius.tokens import (
     TokenSelection,
     interpolates,
@@ -104,16 +105,7 @@ def set_image_size(module: Any, image_processor: Any, size: int) -> None:
     model_type = tower.config.model_type
     if model_type not in ANY_RESOLUTION and not interpolates(tower):
         raise ConfigError(f"a {model_type} tower has fixed position embeddings: it cannot be run at {size}px")
-    keys = ("shortest_edge", "longest_edge", "height", "width")
-    for name in ("size", "crop_size"):
-        current = getattr(image_processor, name, None)
-        if is_dataclass(current):  # transformers' SizeDict
-            set_keys = {k: size for k in keys if getattr(current, k, None) is not None}
-            setattr(image_processor, name, replace(current, **set_keys))
-        elif isinstance(current, dict):
-            setattr(
-                image_processor, name, {k: (size if k in keys and v is not None else v) for k, v in current.items()}
-            )
+    set_processor_image_size(image_processor, size)
 
 
 def check_specs(specs: list[RunSpec]) -> None:

@@ -59,6 +59,7 @@ def eval_batch(processor: Any, n: int = 6) -> dict[str, Any]:
         "pixel_values": pixels,
         "captions": [captions_of(*item)[:2] for item in items],
         "image_ids": [f"{i}" for i in range(n)],
+        "specificity": [[3, 2] for _ in items],  # captions_of lists the most specific (level 3) first
     }
 
 

@@ -11,8 +11,10 @@ if TYPE_CHECKING:
         build_blip2_retrieval,
         count_parameters,
         image_query_embeddings,
+        itm_logits,
         text_embeddings,
         trainable_groups,
+        vision_features,
     )
     from lit_hyperet.models.blip2.sources import Blip2RetrievalSource, PretrainedBlip2Retrieval, TinyBlip2Retrieval
     from lit_hyperet.models.blip2.tiny import make_tiny_blip2_itm
@@ -21,6 +23,8 @@ _WHERE = {
     "build_blip2_retrieval": "build",
     "count_parameters": "build",
     "image_query_embeddings": "build",
+    "itm_logits": "build",
+    "vision_features": "build",
     "text_embeddings": "build",
     "trainable_groups": "build",
     "Blip2RetrievalSource": "sources",
@@ -35,9 +39,11 @@ __all__ = [
     "build_blip2_retrieval",
     "count_parameters",
     "image_query_embeddings",
+    "itm_logits",
     "make_tiny_blip2_itm",
     "text_embeddings",
     "trainable_groups",
+    "vision_features",
 ]
 
 

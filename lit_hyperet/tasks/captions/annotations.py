@@ -15,6 +15,10 @@ a list of ``{"image": relative path, "caption": str, "image_id"}`` (train: one e
 image is ``<image_root>/<image>`` and the image id is the ``image`` path (val/test entries carry no other id).
 
 Captions are kept as written, stripped of surrounding whitespace; any text normalisation is the model's business.
+
+Specificity (optional, Karpathy layout): a sentence may carry ``"specificity": k`` (an int, larger = more specific;
+the caption demo writes its levels 0–3 there). When any sentence of an image has it, every sentence of that image
+must; the radius analysis and the alignment module's test metrics read it.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class CaptionRecord:
     source: str = ""
     record: str = ""
     image_field: str = "image"
+    #: Per caption, its ``specificity`` level (Karpathy ``sentences[k].specificity``); ``None``: the file has none.
+    specificity: tuple[int, ...] | None = None
 
     def where(self, field: str | None = None) -> str:
         """``"file: imgid 4: field 'filename'"`` for error messages."""
@@ -92,8 +98,26 @@ def _karpathy_record(raw: Any, index: int, path: Path, image_root: Path) -> tupl
     names = [f"sentences[{number}].raw" for number in range(len(texts))]
     captions = _captions(texts, path, record, "sentences", names)
     image = image_root / filepath / filename
-    caption_record = CaptionRecord(str(raw["imgid"]), image, captions, str(path), record, "filename")
+    levels = _specificity(sentences, path, record)
+    caption_record = CaptionRecord(str(raw["imgid"]), image, captions, str(path), record, "filename", levels)
     return KARPATHY_SPLITS[split], caption_record
+
+
+def _specificity(sentences: list[dict[str, Any]], path: Path, record: str) -> tuple[int, ...] | None:
+    """The sentences' ``specificity`` ints; ``None`` when none has one; a ``DataError`` when only some have one or a
+    value is not an int."""
+    if not any("specificity" in sentence for sentence in sentences):
+        return None
+    levels = []
+    for number, sentence in enumerate(sentences):
+        value = sentence.get("specificity")
+        if not isinstance(value, int) or isinstance(value, bool):
+            field = f"sentences[{number}].specificity"
+            raise DataError(
+                f"{where(path, record, field)}: expected an int (other sentences of the image have one), got {value!r}"
+            )
+        levels.append(value)
+    return tuple(levels)
 
 
 def read_karpathy(path: str | Path, image_root: str | Path) -> dict[str, list[CaptionRecord]]:

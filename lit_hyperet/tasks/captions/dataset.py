@@ -5,7 +5,7 @@ Batches (the contract of the alignment LightningModule):
 - training: ``pixel_values`` float ``[B, 3, H, W]``, ``captions`` ``list[str]`` (one caption per image, drawn by
   :class:`~lit_hyperet.tasks.captions.sampling.OneCaptionPerImage`), ``image_ids`` ``list[str]``;
 - evaluation: ``pixel_values`` as above, ``captions`` ``list[list[str]]`` (every caption of each image, in file order),
-  ``image_ids``.
+  ``image_ids``, ``specificity`` ``list[list[int] | None]`` (each caption's level where the annotations have one).
 """
 
 from __future__ import annotations
@@ -47,13 +47,20 @@ class CaptionDataset(Dataset):
         image = record.open_image()
         pixel_values = self.image_processor(images=[image], return_tensors="pt")["pixel_values"]
         captions = list(record.captions) if pick is None else record.captions[pick]
-        return {"pixel_values": pixel_values[0].float(), "captions": captions, "image_id": record.image_id}
+        item = {"pixel_values": pixel_values[0].float(), "captions": captions, "image_id": record.image_id}
+        if pick is None:
+            item["specificity"] = None if record.specificity is None else list(record.specificity)
+        return item
 
 
 def collate_captions(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the images; captions and image ids stay lists, in sample order."""
-    return {
+    """Stack the images; captions, image ids (and in evaluation the captions' specificity) stay lists, in sample
+    order."""
+    batch = {
         "pixel_values": torch.stack([item["pixel_values"] for item in items]),
         "captions": [item["captions"] for item in items],
         "image_ids": [item["image_id"] for item in items],
     }
+    if items and "specificity" in items[0]:
+        batch["specificity"] = [item["specificity"] for item in items]
+    return batch

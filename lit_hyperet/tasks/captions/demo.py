@@ -2,7 +2,7 @@
 
 Each image is a 32×32 RGB PNG with one shape — 4 colours × 3 shapes × 4 positions, 48 combinations — on a plain grey
 background, moved by up to a pixel and with a little pixel noise. Each image has exactly four captions at four levels
-of specificity, generic to specific (sentence ``k`` is level ``k``)::
+of specificity, generic to specific (sentence ``k`` is level ``k``, written as its ``specificity``)::
 
     "a shape"   "a red shape"   "a red square"   "a red square on the left"
 
@@ -12,8 +12,8 @@ Within each split the images go through all 48 combinations in turns, each turn 
 hold every combination from ``N = 192`` on (the default 576 gives 462 / 57 / 57). Same seed → same bytes.
 
 Layout: ``DIR/dataset_demo.json`` (``{"images": [{"filepath": "images", "filename", "imgid", "split", "sentids",
-"sentences": [{"tokens", "raw", "imgid", "sentid"}]}], "dataset": "demo"}``) and ``DIR/images/*.png``; read it with
-``image_root: DIR``.
+"sentences": [{"tokens", "raw", "imgid", "sentid", "specificity"}]}], "dataset": "demo"}``) and
+``DIR/images/*.png``; read it with ``image_root: DIR``.
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ def make_caption_demo_data(out: str | Path, num_images: int = 576, seed: int = 0
                     "split": split,
                     "sentids": sentids,
                     "sentences": [
-                        {"tokens": text.split(), "raw": text, "imgid": imgid, "sentid": sentid}
-                        for text, sentid in zip(texts, sentids, strict=True)
+                        {"tokens": text.split(), "raw": text, "imgid": imgid, "sentid": sentid, "specificity": level}
+                        for level, (text, sentid) in enumerate(zip(texts, sentids, strict=True))
                     ],
                 }
             )

@@ -136,6 +136,13 @@ class ImageTextRecall(Metric):
         out["r_mean"] = torch.stack(list(out.values())).mean()
         return out
 
+    def ranks(self) -> tuple[Tensor, Tensor]:
+        """Per-query ranks of everything added so far (after a sync: of every process), in update order: image→text
+        ``[N]`` (``inf`` for an image without captions) and text→image ``[T]`` (exact up to ``max(ks)``,
+        ``max(ks) + 1`` beyond): what :meth:`compute` turns into ``R@K``, for analyses per image or caption."""
+        images, texts, text_image = self._rebuild(_cat(self.sizes, torch.long).view(-1, SIZES))
+        return self._ranks(images, texts, text_image)
+
     def _rebuild(self, sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """All images [N, Q, D], all texts [T, E] and each text's absolute image index [T], in rank and update order."""
         num_images, num_texts = sizes[:, 0], sizes[:, 1]
