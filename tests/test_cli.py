@@ -29,6 +29,11 @@ def config_sets() -> list[list[Path]]:
     ]
     sets += [[p] for p in sorted((CONFIGS / "llava").glob("*.yaml"))]
     sets += [[CONFIGS / "demo.yaml", p] for p in sorted((CONFIGS / "strategy").glob("*.yaml"))]
+    stage1 = CONFIGS / "alignment" / "blip2_stage1.yaml"
+    for data in ("coco_karpathy", "flickr30k"):
+        sets.append([stage1, CONFIGS / "alignment" / f"{data}.yaml"])
+    coco = [stage1, CONFIGS / "alignment" / "coco_karpathy.yaml"]
+    sets += [coco + [CONFIGS / "alignment" / "retrieval_finetune.yaml"], coco + [CONFIGS / "strategy" / "ddp.yaml"]]
     return sets
 
 
@@ -43,7 +48,7 @@ def test_every_config_parses_against_the_cli(configs: list[Path], capsys: pytest
     with pytest.raises(SystemExit) as exit_info:
         cli_main(args)
     assert exit_info.value.code in (None, 0)
-    module = "HyperbolicAlignmentModule" if "alignment_demo" in str(configs[0]) else "HyperETLitModule"
+    module = "HyperbolicAlignmentModule" if "alignment" in str(configs[0]) else "HyperETLitModule"
     assert f"class_path: lit_hyperet.{module}" in capsys.readouterr().out
 
 
