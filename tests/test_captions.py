@@ -165,6 +165,10 @@ def _karpathy_with(tmp_path: Path, change) -> Path:
         (lambda images: images[3].update(split="dev"), "imgid 3: field 'split': expected one of train, restval, val"),
         (lambda images: images[3].update(filename=None), "imgid 3: field 'filename': expected a string, got None"),
         (lambda images: images.__setitem__(3, "img3.png"), "image 3: expected a JSON object, got str"),
+        (
+            lambda images: images[4]["sentences"][-1].update(specificity=2),
+            "imgid 4: field 'sentences[0].specificity': expected an int (other sentences of the image have one)",
+        ),
     ],
 )
 def test_bad_karpathy_record_names_file_record_and_field(tmp_path: Path, change, message: str) -> None:
@@ -270,7 +274,8 @@ def test_train_and_eval_batches_follow_the_contract(karpathy: Path, processor: S
         batches = list(loader)
         assert len(batches) == 1
         batch = batches[0]
-        assert set(batch) == {"pixel_values", "captions", "image_ids"}
+        assert set(batch) == {"pixel_values", "captions", "image_ids", "specificity"}
+        assert batch["specificity"] == [None, None]  # the file gives no specificity levels
         assert batch["pixel_values"].shape == (2, 3, SIZE, SIZE) and batch["pixel_values"].dtype == torch.float32
         expected = [(str(i), texts) for i, (s, texts) in enumerate(IMAGES.values()) if s == role]
         assert list(zip(batch["image_ids"], batch["captions"], strict=True)) == expected  # all captions, in file order
@@ -426,6 +431,7 @@ def test_demo_through_the_command_and_the_datamodule(tmp_path: Path, processor: 
     batch = next(iter(dm.val_dataloader()))
     assert batch["pixel_values"].shape == (8, 3, SIZE, SIZE)
     assert [len(texts) for texts in batch["captions"]] == [4] * 8
+    assert batch["specificity"] == [[0, 1, 2, 3]] * 8  # sentence k is level k
 
 
 def test_demo_is_written_only_to_its_own_path(tmp_path: Path, monkeypatch, processor: SimpleNamespace) -> None:
