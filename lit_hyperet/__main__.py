@@ -29,7 +29,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     ),
     "export": ("lit_hyperet.export:main", "merge HyperET and LoRA into a plain HF LLaVA dir"),
     "sweep": ("lit_hyperet.sweep:main", "run a grid of trials as CLI subprocesses under an MLflow parent run"),
-    "radius": ("lit_hyperet.radius:main", "hyperbolic radius analysis of visual tokens"),
+    "radius": ("lit_hyperet.radius:main", "hyperbolic radius of visual tokens or of image and caption embeddings"),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 

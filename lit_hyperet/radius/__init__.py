@@ -1,4 +1,4 @@
-"""Hyperbolic radius analysis of visual tokens (``python -m lit_hyperet radius``).
+"""Hyperbolic radius analysis of visual tokens and of image–text embeddings (``python -m lit_hyperet radius``).
 
 For a visual token ``f`` mapped into the Poincaré ball (curvature ``-c``) as ``x = exp0(f)``, three quantities are
 reported (see :mod:`lit_hyperet.radius.tokens`):
@@ -11,6 +11,11 @@ Modules, in the order a run flows through them: ``command`` (argument parsing, o
 model and data built through the CLI, per-image records collected from the dataloader) using ``tokens`` (which
 visual tokens, and the quantities above) → ``analysis`` (statistics, groups such as the grade band, summary, tables,
 accuracy per radius bin) → ``outputs`` (CSV, markdown, JSON, MLflow) and ``plots`` (PNGs).
+
+For an image–text alignment model the command takes another path: ``alignment`` (image and caption embeddings'
+radius in the model's own space, retrieval hits, caption specificity) → ``alignment_outputs`` (per image, per caption
+and per specificity level tables, reliability bins, the radius-sorted image grid), reusing ``analysis``, ``outputs``
+and ``plots``.
 """
 
 from __future__ import annotations
