@@ -164,3 +164,24 @@ def test_llava_token_options_are_refused_for_an_alignment_model(
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "image-text alignment model: --projector only apply to LLaVA" in err and "Traceback" not in err
+
+
+def test_any_caption_set_uses_word_counts_and_levels_are_required_when_asked(
+    trained: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = json.loads((trained["root"] / "data" / FILE_NAME).read_text())
+    for image in document["images"]:
+        for sentence in image["sentences"]:
+            sentence.pop("specificity")
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps(document))
+    monkeypatch.chdir(trained["root"])
+    args = ["radius", "--config", str(trained["config"]), "--ckpt", str(trained["ckpt"]), "--no-mlflow"]
+    args += ["--override", f"data.init_args.annotations={plain}", "--split", "test", "--max-samples", "3"]
+    assert main([*args, "--specificity", "level", "--out", str(tmp_path / "level")]) == 2
+    assert "has no caption specificity levels" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "words"), "--grid", "0"]) == 0
+    captions = pd.read_csv(tmp_path / "words" / "radius_captions.csv")
+    assert len(captions) == 12 and (captions["specificity"] == captions["caption"].str.split().str.len()).all()
+    assert "the caption's word count" in (tmp_path / "words" / "radius_specificity.md").read_text()
+    assert not (tmp_path / "words" / "radius_grid.png").exists()
