@@ -66,11 +66,6 @@ LEVEL_METRIC = "radius_text_level{level}_mean"
 SPEARMAN_METRIC = "radius_text_specificity_spearman"
 
 
-def metric_name(key: str) -> str:
-    """A recall key as logged: ``i2t_R@1`` → ``i2t_R1`` (MLflow refuses ``@`` in metric names)."""
-    return key.replace("@", "")
-
-
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name} {value!r} is not one of {', '.join(choices)}")
@@ -424,11 +419,12 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         return getattr(self, attr)
 
     def _log_stage(self, stage: str) -> None:
-        """Log the stage's recall (percent, names without ``@``), radius means and, with specificity levels, the mean
-        caption radius per level and its Spearman correlation with the level; then reset them."""
+        """Log the stage's recall (percent, ``i2t_R@1`` …; MLflow stores them without ``@``), radius means and, with
+        specificity levels, the mean caption radius per level and its Spearman correlation with the level; then reset
+        them."""
         metric = self._metric(stage)
         if getattr(metric, "update_called", True):
-            self.log_dict({f"{stage}/{metric_name(k)}": v for k, v in metric.compute().items()}, sync_dist=False)
+            self.log_dict({f"{stage}/{k}": v for k, v in metric.compute().items()}, sync_dist=False)
         metric.reset()
         for name, mean in self._radius(stage).items():
             if mean.update_called:

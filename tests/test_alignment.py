@@ -422,9 +422,9 @@ def test_validation_logs_recall_and_radius(tiny_blip2_dir: Path, tmp_path: Path,
     data = ShapeCaptionData(module.processor)
     run = trainer(tmp_path, 2)
     results = run.validate(module, datamodule=data, verbose=False)[0]
-    for name in ("i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10", "r_mean"):
+    for name in ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "r_mean"):
         assert 0 <= results[f"val/{name}"] <= 100, name
-    assert results["val/i2t_R10"] == 100.0  # 6 images, 12 captions: every image has a caption in its top 10
+    assert results["val/i2t_R@10"] == 100.0  # 6 images, 12 captions: every image has a caption in its top 10
     for name in ("radius_image_mean", "radius_text_mean"):
         assert results[f"val/{name}"] > 0
     assert 0 <= results["val/radius_saturated_fraction"] <= 1

@@ -33,12 +33,12 @@ def test_alignment_demo_creates_its_model_and_data_and_reports_retrieval(
     assert (tmp_path / "outputs" / "alignment_demo" / "checkpoints" / "last.ckpt").is_file()
     title, header, values = capsys.readouterr().out.strip().splitlines()[-3:]
     assert title.startswith("val results at step 3")
-    assert header.split()[:7] == ["i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10", "r_mean"]
+    assert header.split()[:7] == ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "r_mean"]
     assert all(0.0 <= float(v) <= 100.0 for v in values.split()[:7])
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.run_name.startswith("alignment_demo-fit-")
-    # recall is logged without "@" (MLflow refuses it in metric names)
+    # MLflow stores recall without "@" (it refuses the character in metric names)
     assert {"val/i2t_R1", "val/t2i_R10", "val/r_mean", "val/radius_image_mean", "train/loss"} <= set(run.data.metrics)
 
 

@@ -99,7 +99,7 @@ def test_radius_command_on_a_trained_alignment_checkpoint(
 ) -> None:
     uri = str(trained["uri"])
     tested = test_metrics(uri, "test/")
-    # the test stage logs what the sweep's table needs, under names MLflow accepts
+    # the test stage logs what the sweep's table needs (MLflow stores recall without '@')
     for name in ("i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10", "r_mean", "radius_saturated_fraction"):
         assert f"test/{name}" in tested, name
     levels = [f"test/radius_text_level{k}_mean" for k in range(4)]
