@@ -157,12 +157,26 @@ def _run(args: argparse.Namespace, sweep: Sweep, trials: list[Trial]) -> int:
         argv += ["--override", *overrides] if overrides else []
         jobs = submit(argv, args.workers, args.launcher, Path(sweep.output_dir) / "submitit", args.launcher_option)
         print(f"submitted {len(jobs)} worker(s): {', '.join(j.job_id for j in jobs)}", flush=True)
-        rc = max([int(job.result() or 0) for job in jobs] or [0])
+        try:
+            rc = max([_job_exit_code(job) for job in jobs] or [0])
+        except KeyboardInterrupt:  # Ctrl-C: the submitted workers are cancelled (their trials stop as on SIGTERM)
+            for job in jobs:
+                job.cancel(check=False)
+            rc = 130
     else:
         rc = _work(sweep, trials, study, storage_url, client, args.jobs)
     client.set_terminated(parent_id, "KILLED" if rc > 128 else "FAILED" if rc else "FINISHED")
     _report(sweep, trials, study, client)
     return rc
+
+
+def _job_exit_code(job) -> int:  # noqa: ANN001 - a submitit job
+    """A submitted worker's exit code once it ends (1 when the job itself failed, with submitit's reason)."""
+    try:
+        return int(job.result() or 0)
+    except Exception as err:  # noqa: BLE001 - submitit's job errors carry the worker's log
+        print(f"worker job {job.job_id} failed: {err}", file=sys.stderr)
+        return 1
 
 
 def _work(sweep: Sweep, trials: list[Trial], study, storage_url: str, client, jobs: int) -> int:  # noqa: ANN001

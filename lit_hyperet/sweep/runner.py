@@ -40,6 +40,7 @@ TAG_VALUE_LIMIT = 5000
 PARENT_TAG = "mlflow.parentRunId"
 STOP_GRACE_S = 20.0
 PRUNING_CALLBACK = "lit_hyperet.sweep.pruning.OptunaPruning"
+SURPLUS_ATTR = "surplus"
 
 
 class TrialFailed(Exception):
@@ -132,7 +133,7 @@ class Runner:
     def _after_trial(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         """Count the outcome; stop taking trials once the queue is empty."""
         with self._lock:
-            if frozen.state.name in self.counts:
+            if frozen.state.name in self.counts and SURPLUS_ATTR not in frozen.user_attrs:
                 self.counts[frozen.state.name] += 1
         if waiting(study) == 0:
             study.stop()
@@ -160,7 +161,7 @@ class Runner:
             raise Interrupted
         if "fixed_params" not in self._frozen(ot).system_attrs:
             # Two workers asked for the last queued trial at once and this one lost: nothing to run.
-            ot.set_user_attr("note", "the queue was empty when this worker asked; nothing ran")
+            ot.set_user_attr(SURPLUS_ATTR, "the queue was empty when this worker asked; nothing ran")
             raise TrialFailed("queue empty")
         labels = list(dict.fromkeys(c for c, _ in self.by_point))
         key = (ot.suggest_categorical(CONFIG_PARAM, labels), ot.suggest_categorical(SEED_PARAM, self.sweep.seeds))

@@ -44,24 +44,9 @@ import yaml
 from lit_hyperet.user_errors import UserError
 
 #: Keys a sweep file may hold.
-SWEEP_KEYS = (
-    "name",
-    "experiment",
-    "description",
-    "configs",
-    "overrides",
-    "axes",
-    "exclude",
-    "include",
-    "runs",
-    "seeds",
-    "metric",
-    "test",
-    "output_dir",
-    "command",
-    "timeout",
-    "env",
-    "pruner",
+SWEEP_KEYS = tuple(
+    "name experiment description configs overrides axes exclude include runs seeds metric test output_dir command "
+    "timeout env pruner".split()
 )
 PRUNERS = ("none", "median")
 #: Top-level CLI keys without a dot (anything else without a dot in ``axes`` is a bundle axis).
