@@ -5,7 +5,8 @@ One row per configuration (seeds grouped): variant, band width, block size and c
 the run), the exact HyperET and trainable parameter counts, Δparams against the baseline (the configuration without
 HyperET, same encoder where there is one), every ``val/*`` and ``test/*`` metric as mean ± sample std over the
 completed seeds, Δ of the main metric, the HyperET diagnostics, and how many seeds completed, were pruned or failed.
-Pruned and failed trials are counted but left out of the means.
+Pruned and failed trials are counted but left out of the means. Accuracies are logged in percent and shown with two
+decimals, other metrics (retrieval recall, radius statistics) with four significant digits.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 from lit_hyperet.sweep.spec import NAME_KEY, Sweep, Trial, cli_value
 from lit_hyperet.sweep.study import PARENT_ATTR
 from lit_hyperet.tables import markdown_table
+from lit_hyperet.tasks.scienceqa.rules import CATEGORIES
 
 if TYPE_CHECKING:
     import optuna
@@ -169,11 +171,19 @@ def _fmt(value: Any, spec: str = "") -> str:
     return format(value, spec) if spec else str(value)
 
 
-def _stat(mean: Any, std: Any) -> str:
-    """``mean ± std`` with two decimals (metrics are logged in percent); no ± for one seed."""
+def is_accuracy(name: str) -> bool:
+    """A ScienceQA accuracy or exact match (``test/Avg``, ``val/NAT``, ``val/exact_match``): shown with two decimals,
+    other metrics with four significant digits."""
+    split, _, category = name.partition("/")
+    return split in SPLITS and (category in CATEGORIES or category == "exact_match")
+
+
+def _stat(metric: str, mean: Any, std: Any) -> str:
+    """``mean ± std`` as logged (accuracies in percent); no ± for one seed."""
     if mean is None or pd.isna(mean):
         return DASH
-    return f"{mean:.2f} ± {std:.2f}" if std else f"{mean:.2f}"
+    spec = ".2f" if is_accuracy(metric) else ".4g"
+    return f"{mean:{spec}} ± {std:{spec}}" if std else f"{mean:{spec}}"
 
 
 def formatted(report: Report) -> pd.DataFrame:
@@ -187,12 +197,13 @@ def formatted(report: Report) -> pd.DataFrame:
     for column in ("HyperET params", "trainable"):
         out[column] = t[column].map(lambda v: _fmt(None if pd.isna(v) else int(v), ","))
     for metric in report.metrics:
-        out[metric] = [_stat(m, s) for m, s in zip(t[f"{metric} mean"], t[f"{metric} std"], strict=True)]
+        out[metric] = [_stat(metric, m, s) for m, s in zip(t[f"{metric} mean"], t[f"{metric} std"], strict=True)]
     head = ["configuration", "variant", "d", "block size", "blocks", "space", "encoder", "n", "adapted"]
     head += ["HyperET params", "trainable", "Δparams"]
     out = out[head + [c for c in out if c not in head]]
     if report.main_metric:
-        out[f"Δ {report.main_metric}"] = t["Δ main"].map(lambda v: _fmt(v, "+.2f"))
+        spec = "+.2f" if is_accuracy(report.main_metric) else "+.4g"
+        out[f"Δ {report.main_metric}"] = t["Δ main"].map(lambda v: _fmt(v, spec))
     out["identity dev. (max)"] = t[f"{DEVIATION} mean"].map(lambda v: _fmt(v, ".2g"))
     out["clamp fraction"] = t[f"{CLAMP} mean"].map(lambda v: _fmt(v, ".2g"))
     out["seeds"] = [
@@ -251,7 +262,8 @@ def chart_figure(report: Report) -> Figure:
         ax.set_xlim(left=0)
     else:
         ax.text(0.5, 0.5, "no completed trials", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel(f"{metric} (%), mean ± std over seeds" if metric else "")
+    unit = " (%)" if metric and is_accuracy(metric) else ""
+    ax.set_xlabel(f"{metric}{unit}, mean ± std over seeds" if metric else "")
     ax.set_title(f"{report.sweep.name}: {metric}")
     return fig
 
