@@ -209,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m lit_hyperet sweep``; returns the exit code (1 when a trial failed)."""
     args = build_parser().parse_args(argv)
     modes = [name for name in ("dry_run", "report", "prepare", "worker", "launcher") if getattr(args, name)]
+    if args.jobs < 1 or args.workers < 1:
+        print("--jobs and --workers take a positive number", file=sys.stderr)
+        return 2
     if len(modes) > 1:
         print(f"--{modes[0].replace('_', '-')} and --{modes[1].replace('_', '-')} exclude each other", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Sweep files: loading, grid expansion, per-trial command lines and config hashes.
+"""Sweep files: loading, grid expansion in a spread-out order, per-trial command lines, the digest naming a study.
 
 A sweep file is YAML::
 

@@ -136,8 +136,8 @@ def open_study(sweep: Sweep, trials: list[Trial], storage: optuna.storages.BaseS
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError as err:
         raise SweepError(
-            f"sweep {sweep.path}: no study {name!r} in the storage yet: run `sweep {sweep.path} --prepare` (with the "
-            "same --override/--config options) before starting workers"
+            f"sweep {sweep.path}: no study {name!r} in the storage yet: run or `--prepare` the sweep first, with the "
+            "same --override/--config options and --storage"
         ) from err
 
 
