@@ -327,7 +327,6 @@ def test_sigterm_stops_the_trial_and_sigkill_resumes(tmp_path: Path, base_config
 
 def test_submitit_workers_share_the_queue(tmp_path: Path, base_config: Path, uri: str) -> None:
     """Two `sweep --worker` processes (submitted by submitit's local executor) drain one sqlite study."""
-    pytest.importorskip("submitit")
     sweep_file = _fake_sweep(tmp_path, base_config, ["diagonal", "banded"], seeds=[0, 1])
     assert main([str(sweep_file), "--launcher", "local", "--workers", "2"]) == 0
     frame = _trials(tmp_path)

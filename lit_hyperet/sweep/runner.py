@@ -114,7 +114,9 @@ class Runner:
         """Run until the queue is empty; returns the exit code (1 when a trial failed, 128 + signal when stopped)."""
         if waiting(self.study) == 0:
             return 0
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        main_thread = threading.current_thread() is threading.main_thread()  # only it may install handlers
+        signals = (signal.SIGTERM, signal.SIGINT) if main_thread else ()
+        previous = {s: signal.signal(s, self._on_signal) for s in signals}
         try:
             self.study.optimize(
                 self._objective,
