@@ -41,7 +41,7 @@ from lit_hyperet.alignment import (
     same_image,
 )
 from lit_hyperet.class_paths import to_spec
-from lit_hyperet.hyperet import HyperETConfig, adapted_module_names
+from lit_hyperet.hyperet import HyperETConfig, adapted_module_names, adapted_width
 from lit_hyperet.hyperet_config import LAYOUT_HPARAMS as HYPERET_LAYOUT_HPARAMS
 from lit_hyperet.models.blip2 import (
     Blip2RetrievalSource,
@@ -393,6 +393,8 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         counts = {f"params/{k}": v for k, v in count_parameters(self.blip2).items()}
         counts["params/head"] = sum(p.numel() for p in self.head.parameters() if p.requires_grad)
         counts["params/hyperet_adapted_modules"] = len(adapted_module_names(self.blip2))
+        if (width := adapted_width(self.blip2)) is not None:
+            counts["params/hyperet_n"] = width  # n of the adapted n×n weights, as the sweep table shows it
         self.logger.log_hyperparams(counts)
 
     # ------------------------------------------------------------------------------------------------ metrics

@@ -168,7 +168,9 @@ class HyperETCLI(LightningCLI):
         files = [str(path) for path in subcommand_config.get("config") or []]
         loggers = config.get("logger")
         creates = name_runs(loggers if isinstance(loggers, list) else [loggers], files, stage)
-        tags = run_tags(subcommand_config, stage, files, self._fit_run_id) if creates else {}
+        tags = run_tags(subcommand_config, stage, files, self._fit_run_id)
+        if not creates:  # a run made beforehand (a sweep's trial) keeps its creator's tags; the hash is the CLI's
+            tags = {"config_hash": tags["config_hash"]}
         callbacks = [
             *callbacks,
             ResultsTable(checkpoint_step=self._checkpoint_step),

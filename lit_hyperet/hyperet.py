@@ -214,6 +214,12 @@ def adapted_modules(model: nn.Module) -> Iterator[tuple[str, nn.Linear, HyperETP
             yield name, module, hw
 
 
+def adapted_width(model: nn.Module) -> int | None:
+    """n of the adapted n×n matrices M (the largest when they differ; ``None`` when nothing is adapted)."""
+    sizes = {m.matrix.n for m in model.modules() if isinstance(m, HyperETWeight)}
+    return max(sizes) if sizes else None
+
+
 def adapted_module_names(model: nn.Module) -> list[str]:
     """Qualified names of the HyperET-adapted Linears in ``model`` (reads no parameter values)."""
     return [name for name, _, _ in adapted_modules(model)]

@@ -10,7 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lit_hyperet.class_paths import to_spec
-from lit_hyperet.hyperet import HyperETConfig, adapted_module_names, hyperet_report, summarize_report
+from lit_hyperet.hyperet import HyperETConfig, adapted_module_names, adapted_width, hyperet_report, summarize_report
 from lit_hyperet.hyperet_config import LAYOUT_HPARAMS as HYPERET_LAYOUT_HPARAMS
 from lit_hyperet.models.llava import LoraSettings, build_llava, count_parameters, trainable_groups
 from lit_hyperet.models.loading import ModelSource
@@ -274,6 +274,8 @@ class HyperETLitModule(TrainableOnlyModule):
             return
         counts = {f"params/{k}": v for k, v in count_parameters(self.llava).items()}  # DTensor numel is global
         counts["params/hyperet_adapted_modules"] = len(adapted_module_names(self.llava))
+        if (width := adapted_width(self.llava)) is not None:
+            counts["params/hyperet_n"] = width  # n of the adapted n×n weights, as the sweep table shows it
         self.logger.log_hyperparams(counts)
 
     # ------------------------------------------------------------------------------------------------ helpers

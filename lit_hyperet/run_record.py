@@ -138,9 +138,9 @@ def name_runs(loggers: Sequence[Any], config_files: Sequence[str | Path], stage:
 
 
 class RunRecord(Callback):
-    """When a stage starts (rank 0), sets :func:`run_tags` (none on a run made beforehand: its creator tags it, and
-    its stages share it) and logs :func:`run_params` on every MLflow logger's run; at the start of training adds the
-    schedule's resolved length, which the configuration leaves at -1."""
+    """When a stage starts (rank 0), sets :func:`run_tags` (only ``config_hash`` on a run made beforehand: its
+    creator tags it, and its stages share it) and logs :func:`run_params` on every MLflow logger's run; at the start
+    of training adds the schedule's resolved length, which the configuration leaves at -1."""
 
     def __init__(self, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
         self.params, self.tags = dict(params), dict(tags)

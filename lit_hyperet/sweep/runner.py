@@ -1,15 +1,17 @@
-"""Running trials as fresh CLI subprocesses under an MLflow parent run, one child run per trial; resumable.
+"""Running a sweep's queued trials: each a fresh ``python -m lit_hyperet fit`` (then ``test``) subprocess logging into
+an MLflow child run of the sweep's parent run, ``--jobs N`` of them at once (Optuna's ``study.optimize(n_jobs=N)``,
+which also keeps the heartbeat of RDB storages).
 
-Each trial gets a child run created here (tag ``mlflow.parentRunId``, its axis values, its config hash); the trial's
-``MLFlowLogger`` logs into it through ``--trainer.logger.init_args.run_id``. ``fit`` runs first, then ``test`` from the
-trial's last checkpoint when the data config has a test split. This process sets the child's final status
-(``FINISHED`` / ``FAILED``) and the tag ``sweep.outcome`` once every stage has ended; a failed trial also gets its log
-tail as the artifact ``log_tail.txt`` and the tag ``sweep.log_tail``. A later run skips trials whose child run
-``FINISHED`` with ``sweep.outcome = ok`` and the same hash, and reruns the others in a new child run.
+Outcomes: Optuna ``COMPLETE`` / MLflow ``FINISHED`` with the main metric as the trial's value; ``PRUNED`` / ``KILLED``
+tagged ``sweep.outcome = pruned``; ``FAIL`` / ``FAILED`` with the log tail (tag ``sweep.log_tail`` and artifact
+``log_tail.txt``). SIGTERM or Ctrl-C stops the running trials' process groups (SIGKILL after a grace period) and
+records them as failed in Optuna and ``KILLED`` in MLflow. On Linux each trial is also killed when its sweep is
+(``PR_SET_PDEATHSIG``), so no trial outlives a sweep ended by SIGKILL; its Optuna trial is failed by the heartbeat.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -17,182 +19,41 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from lit_hyperet.mlflow_store import tracking_uri
-from lit_hyperet.sweep.report import is_accuracy
-from lit_hyperet.sweep.spec import (
-    Sweep,
-    Trial,
-    command_line,
-    config_tags,
-    has_test_split,
-    shell_line,
-    trial_tags,
-)
+from lit_hyperet.sweep.pruning import PRUNED_ATTR, STORAGE_ENV, STUDY_ENV, TRIAL_ENV, monitored
+from lit_hyperet.sweep.spec import Sweep, Trial, axis_tags, command_line
+from lit_hyperet.sweep.study import CONFIG_PARAM, PARENT_ATTR, SEED_PARAM, waiting
 
 if TYPE_CHECKING:
+    import optuna
     from mlflow import MlflowClient
-    from mlflow.entities import Run
 
 LOG_TAIL_LINES = 50
 TAG_VALUE_LIMIT = 5000
 PARENT_TAG = "mlflow.parentRunId"
-TIMEOUT_RC = 124
+STOP_GRACE_S = 20.0
+PRUNING_CALLBACK = "lit_hyperet.sweep.pruning.OptunaPruning"
+SURPLUS_ATTR = "surplus"
 
 
-@dataclass
-class TrialOutcome:
-    """What happened to one trial in this invocation."""
-
-    trial: Trial
-    status: str  # FINISHED | FAILED | SKIPPED
-    run_id: str | None = None
-    seconds: float = 0.0
-    message: str = ""
+class TrialFailed(Exception):
+    """A stage of a trial failed (Optuna records the trial as failed and the sweep goes on)."""
 
 
-# ------------------------------------------------------------------------------------------------ MLflow
+class Interrupted(Exception):
+    """The sweep was stopped by a signal while trials ran."""
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "\\'") + "'"
-
-
-class Tracker:
-    """MLflow bookkeeping of one sweep: its experiment, parent run and child runs."""
-
-    def __init__(self, sweep: Sweep, uri: str | None = None) -> None:
-        from mlflow import MlflowClient
-
-        self.sweep = sweep
-        self.uri = uri or tracking_uri()
-        self.client: MlflowClient = MlflowClient(self.uri)
-        self.experiment_id = self._experiment_id(create=True)
-
-    def _experiment_id(self, create: bool) -> str | None:
-        experiment = self.client.get_experiment_by_name(self.sweep.experiment)
-        if experiment is not None and experiment.lifecycle_stage != "deleted":
-            return experiment.experiment_id
-        return self.client.create_experiment(self.sweep.experiment) if create else None
-
-    def search(self, filter_string: str) -> list[Run]:
-        """All active runs of the experiment matching ``filter_string``, newest first."""
-        runs: list[Run] = []
-        token = None
-        while True:
-            page = self.client.search_runs(
-                [self.experiment_id],
-                filter_string,
-                max_results=1000,
-                order_by=["attributes.start_time DESC"],
-                page_token=token,
-            )
-            runs += list(page)
-            token = page.token
-            if not token:
-                return runs
-
-    def find_parent(self) -> str | None:
-        """The newest parent run of this sweep (by name), if any."""
-        runs = self.search(f"tags.`sweep.name` = {_quote(self.sweep.name)} and tags.`sweep.role` = 'parent'")
-        return runs[0].info.run_id if runs else None
-
-    def parent(self, trials: list[Trial]) -> str:
-        """Reuse (and mark running) this sweep's parent run, or create it; tags and artifacts describe the sweep."""
-        run_id = self.find_parent()
-        if run_id is None:
-            run_id = self.client.create_run(self.experiment_id, run_name=self.sweep.name).info.run_id
-        else:
-            self.client.update_run(run_id, status="RUNNING")
-        tags = {
-            "sweep.role": "parent",
-            "sweep.name": self.sweep.name,
-            "sweep.file": str(self.sweep.path),
-            "sweep.trials": str(len(trials)),
-            "sweep.configurations": str(len({t.config_name for t in trials})),
-            "sweep.overrides": " ".join(f"{k}={v}" for k, v in self.sweep.cli_overrides.items())[:TAG_VALUE_LIMIT],
-        }
-        for key, value in tags.items():
-            self.client.set_tag(run_id, key, value)
-        self.client.log_text(run_id, self.sweep.path.read_text(), "sweep.yaml")
-        self.client.log_text(run_id, "\n".join(shell_line(self.sweep, t) for t in trials) + "\n", "trials.txt")
-        return run_id
-
-    def children(self, parent_id: str) -> list[Run]:
-        """The parent's child runs, newest first."""
-        return self.search(f"tags.`{PARENT_TAG}` = {_quote(parent_id)}")
-
-    def create_child(self, parent_id: str, trial: Trial, attempt: int) -> str:
-        """A RUNNING child run for ``trial`` (the trial's logger logs into it)."""
-        tags = trial_tags(self.sweep, trial) | {PARENT_TAG: parent_id, "sweep.attempt": str(attempt)}
-        tags |= {f"cfg.{k}": v for k, v in config_tags(trial.resolved).items()}
-        run = self.client.create_run(self.experiment_id, run_name=trial.name, tags=tags)
-        return run.info.run_id
-
-    def logged_config(self, run_id: str) -> dict[str, Any] | None:
-        """The resolved ``config.yaml`` the CLI logged into the run, if any."""
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                path = self.client.download_artifacts(run_id, "config.yaml", tmp)
-                data = yaml.safe_load(Path(path).read_text())
-            except Exception:  # noqa: BLE001 - absent or unreadable: fall back to the sweep's own resolution
-                return None
-        return data if isinstance(data, dict) else None
-
-    def end_child(self, run_id: str, outcome: TrialOutcome, tail: str = "") -> None:
-        """Final tags and status of a child run (``FAILED`` ones get their log tail)."""
-        ok = outcome.status == "FINISHED"
-        self.client.set_tag(run_id, "sweep.outcome", "ok" if ok else "failed")
-        self.client.set_tag(run_id, "sweep.seconds", f"{outcome.seconds:.1f}")
-        self.client.set_tag(run_id, "sweep.log", str(Path(outcome.trial.output_dir).resolve()))
-        if not ok:
-            self.client.set_tag(run_id, "sweep.error", outcome.message[:TAG_VALUE_LIMIT])
-            self.client.set_tag(run_id, "sweep.log_tail", tail[-TAG_VALUE_LIMIT:])
-            self.client.log_text(run_id, tail, "log_tail.txt")
-        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
-
-
-# ------------------------------------------------------------------------------------------------ processes
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Terminate the trial's process group (the trial and what it started), then kill it after a grace period."""
-    for sig, grace in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def run_process(cmd: list[str], log_path: Path, env: dict[str, str], timeout: float | None = None) -> int:
-    """Run ``cmd`` with stdout and stderr into ``log_path``; returns its exit code (124 on timeout)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w") as log:
-        log.write(f"$ {shlex.join(cmd)}\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _stop(proc)
-            log.write(f"\n[sweep] timed out after {timeout:g} s\n")
-            return TIMEOUT_RC
-        except BaseException:
-            _stop(proc)
-            raise
+def main_metric(metrics: dict[str, float], metric: str | None = None) -> str | None:
+    """The trial's value: ``metric`` (the sweep's), else ``test/Avg``, else ``val/Avg``, whichever the run logged."""
+    return next((m for m in (metric, "test/Avg", "val/Avg") if m and m in metrics), None)
 
 
 def log_tail(paths: Iterable[Path], lines: int = LOG_TAIL_LINES) -> str:
@@ -206,130 +67,228 @@ def log_tail(paths: Iterable[Path], lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(rows[-lines:]) + "\n" if rows else ""
 
 
-def find_checkpoint(trial: Trial) -> Path | None:
-    """The trial's ``last.ckpt`` (else its newest checkpoint)."""
-    folder = Path(trial.checkpoint_dir)
-    if (folder / "last.ckpt").exists():
-        return folder / "last.ckpt"
-    found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
-    return found[-1] if found else None
+def _die_with_parent() -> Callable[[], Any] | None:
+    """Linux: a ``preexec_fn`` asking the kernel to SIGKILL the trial when the thread that started it ends (also when
+    the sweep is killed with SIGKILL, which no handler sees). The libc function is looked up here, before any fork,
+    so the child only makes the call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
 
 
-# ------------------------------------------------------------------------------------------------ the sweep
+class Runner:
+    """Takes queued trials of ``study`` until none is left, ``jobs`` at a time, and records each in MLflow."""
 
-
-def main_metric_summary(metrics: dict[str, float], metric: str | None = None) -> str:
-    """``", test/Avg=49.17"``: ``metric`` (the sweep's), else test/Avg, else val/Avg, whichever the run logged first;
-    accuracies are logged in percent and printed with two decimals, other metrics with four significant digits.
-    Empty when the run logged none of them."""
-    name = next((m for m in (metric, "test/Avg", "val/Avg") if m and m in metrics), None)
-    if name is None:
-        return ""
-    return f", {name}={metrics[name]:.2f}" if is_accuracy(name) else f", {name}={metrics[name]:.4g}"
-
-
-class SweepRunner:
-    """Runs trials one after another (each as fresh subprocesses) and keeps MLflow up to date."""
-
-    def __init__(self, sweep: Sweep, tracker: Tracker, echo: Callable[[str], None] | None = None) -> None:
-        self.sweep = sweep
-        self.tracker = tracker
+    def __init__(
+        self,
+        sweep: Sweep,
+        trials: list[Trial],
+        study: optuna.Study,
+        storage_url: str,
+        client: MlflowClient,
+        jobs: int = 1,
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
+        self.sweep, self.study, self.client, self.jobs = sweep, study, client, max(1, jobs)
+        self.by_point = {(t.config_name, t.seed): t for t in trials}
+        self.total = len(trials)
         self.echo = echo or (lambda text: print(text, flush=True))
-        self.env = dict(os.environ, **sweep.env, MLFLOW_TRACKING_URI=tracker.uri, PYTHONUNBUFFERED="1")
+        self.parent_id = study.user_attrs[PARENT_ATTR]
+        self.experiment_id = client.get_run(self.parent_id).info.experiment_id
+        threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
+        self.env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} | dict(os.environ) | sweep.env
+        self.env |= {"MLFLOW_TRACKING_URI": client.tracking_uri, "PYTHONUNBUFFERED": "1"}
+        self.env |= {STORAGE_ENV: storage_url, STUDY_ENV: study.study_name}
+        self.procs: set[subprocess.Popen] = set()
+        self.stopping, self.stopping_signal = 0, signal.SIGTERM
+        self.counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
+        self._lock = threading.Lock()
+        self._preexec = _die_with_parent()
 
-    def run(self, trials: list[Trial], parent_id: str, max_trials: int | None = None) -> list[TrialOutcome]:
-        """Run the trials not already finished with the same hash; stop after ``max_trials`` executed trials."""
-        children = self.tracker.children(parent_id)
-        outcomes: list[TrialOutcome] = []
-        executed = 0
-        for trial in trials:
-            same = [r for r in children if r.data.tags.get("sweep.hash") == trial.config_hash]
-            done = next((r for r in same if _finished_ok(r)), None)
-            prefix = f"[{trial.index + 1}/{len(trials)}] {trial.name}"
-            if done is not None:
-                outcomes.append(TrialOutcome(trial, "SKIPPED", done.info.run_id, message="finished before"))
-                self.echo(f"{prefix}: skipped (run {done.info.run_id} finished with hash {trial.config_hash})")
-                continue
-            if max_trials is not None and executed >= max_trials:
-                self.echo(f"stopping after {executed} trial(s) (--max-trials {max_trials})")
-                break
-            self.echo(f"{prefix}: running (logs in {trial.output_dir})")
-            outcome = self.run_trial(trial, parent_id, attempt=len(same) + 1)
-            executed += 1
-            outcomes.append(outcome)
-            detail = f": {outcome.message}" if outcome.message else self._main_metric(outcome.run_id)
-            self.echo(f"{prefix}: {outcome.status} in {outcome.seconds:.1f} s (run {outcome.run_id}){detail}")
-        return outcomes
+    # ------------------------------------------------------------------------------------------------ the loop
 
-    def _main_metric(self, run_id: str | None) -> str:
-        """``", test/Avg=49.17"`` (see :func:`main_metric_summary`) when the run logged its main metric."""
-        if run_id is None:
-            return ""
-        return main_metric_summary(self.tracker.client.get_run(run_id).data.metrics, self.sweep.metric)
-
-    def run_trial(self, trial: Trial, parent_id: str, attempt: int = 1) -> TrialOutcome:
-        """Create the child run, run ``fit`` (then ``test``), record the outcome."""
-        run_id = self.tracker.create_child(parent_id, trial, attempt)
-        folder = Path(trial.output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # a rerun must not resume from or pick old files
-        logs: list[Path] = []
-        start = time.monotonic()
+    def run(self) -> int:
+        """Run until the queue is empty; returns the exit code (1 when a trial failed, 128 + signal when stopped)."""
+        if waiting(self.study) == 0:
+            return 0
+        main_thread = threading.current_thread() is threading.main_thread()  # only it may install handlers
+        signals = (signal.SIGTERM, signal.SIGINT) if main_thread else ()
+        previous = {s: signal.signal(s, self._on_signal) for s in signals}
         try:
-            message = self._stages(trial, run_id, logs)
-        except BaseException:
-            self.tracker.client.set_tag(run_id, "sweep.outcome", "killed")
-            self.tracker.client.set_terminated(run_id, "KILLED")
+            self.study.optimize(
+                self._objective,
+                n_jobs=self.jobs,
+                catch=(TrialFailed,),
+                callbacks=[self._after_trial],
+                gc_after_trial=False,
+            )
+        except Interrupted:
+            return 128 + int(self.stopping_signal)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 1 if self.counts["FAIL"] else 0
+
+    def _after_trial(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        """Count the outcome; stop taking trials once the queue is empty."""
+        with self._lock:
+            if frozen.state.name in self.counts and SURPLUS_ATTR not in frozen.user_attrs:
+                self.counts[frozen.state.name] += 1
+        if waiting(study) == 0:
+            study.stop()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """First signal: SIGTERM to every running trial's process group, SIGKILL after a grace period; second: SIGKILL
+        at once."""
+        self.stopping += 1
+        self.stopping_signal = signum
+        sig = signal.SIGTERM if self.stopping == 1 else signal.SIGKILL
+        self.echo(f"sweep: {signal.Signals(signum).name}: stopping {len(self.procs)} running trial(s)")
+        for proc in list(self.procs):
+            _signal_group(proc, sig)
+        if self.stopping == 1:
+            timer = threading.Timer(STOP_GRACE_S, lambda: [_signal_group(p, signal.SIGKILL) for p in list(self.procs)])
+            timer.daemon = True
+            timer.start()
+
+    # ------------------------------------------------------------------------------------------------ one trial
+
+    def _objective(self, ot: optuna.Trial) -> float:
+        import optuna
+
+        if self.stopping:
+            raise Interrupted
+        if "fixed_params" not in self._frozen(ot).system_attrs:
+            # Two workers asked for the last queued trial at once and this one lost: nothing to run.
+            ot.set_user_attr(SURPLUS_ATTR, "the queue was empty when this worker asked; nothing ran")
+            raise TrialFailed("queue empty")
+        labels = list(dict.fromkeys(c for c, _ in self.by_point))
+        key = (ot.suggest_categorical(CONFIG_PARAM, labels), ot.suggest_categorical(SEED_PARAM, self.sweep.seeds))
+        trial = self.by_point[key]
+        run_id = self._create_child(trial, ot.number)
+        for name, value in {"mlflow_run_id": run_id, "trial_name": trial.name, "output_dir": trial.output_dir}.items():
+            ot.set_user_attr(name, value)
+        prefix = f"[{trial.index + 1}/{self.total}] {trial.name} (trial {ot.number})"
+        self.echo(f"{prefix}: running (logs in {trial.output_dir})")
+        start = time.monotonic()
+        logs: list[Path] = []
+        try:
+            message, pruned_at = self._stages(trial, ot, run_id, logs)
+        except Interrupted:
+            self._end_child(run_id, "killed", "KILLED", time.monotonic() - start)
+            self.echo(f"{prefix}: killed")
             raise
-        status = "FAILED" if message else "FINISHED"
-        outcome = TrialOutcome(trial, status, run_id, time.monotonic() - start, message)
-        self.tracker.end_child(run_id, outcome, log_tail(logs) if message else "")
-        return outcome
+        seconds = time.monotonic() - start
+        metrics = self.client.get_run(run_id).data.metrics
+        name = main_metric(metrics, self.sweep.metric)
+        if not message and pruned_at is None and name is None:
+            message = f"the run logged none of {self.sweep.metric or 'test/Avg, val/Avg'}"
+        if message:
+            tail = log_tail(logs)
+            self._end_child(run_id, "failed", "FAILED", seconds, {"sweep.error": message, "sweep.log_tail": tail})
+            self.client.log_text(run_id, tail, "log_tail.txt")
+            self.echo(f"{prefix}: FAILED in {seconds:.1f} s: {message}")
+            raise TrialFailed(message)
+        if pruned_at is not None:
+            self._end_child(run_id, "pruned", "KILLED", seconds, {"sweep.pruned_at_step": str(pruned_at)})
+            self.echo(f"{prefix}: pruned at step {pruned_at} after {seconds:.1f} s")
+            raise optuna.TrialPruned(f"pruned at step {pruned_at}")
+        self._end_child(run_id, "ok", "FINISHED", seconds)
+        self.echo(f"{prefix}: finished in {seconds:.1f} s, {name}={metrics[name]:.4g}")
+        return float(metrics[name])
 
-    def _stages(self, trial: Trial, run_id: str, logs: list[Path]) -> str:
-        """Run the stages; returns an error message, or ``""`` when all succeeded."""
-        logs.append(Path(trial.output_dir) / "fit.log")
-        rc = run_process(command_line(self.sweep, trial, "fit", run_id), logs[-1], self.env, self.sweep.timeout)
+    def _frozen(self, ot: optuna.Trial) -> optuna.trial.FrozenTrial:
+        """The trial as the storage has it now."""
+        return next(t for t in self.study.get_trials(deepcopy=False) if t.number == ot.number)
+
+    def _stages(self, trial: Trial, ot: optuna.Trial, run_id: str, logs: list[Path]) -> tuple[str, int | None]:
+        """Run ``fit`` then ``test``; returns an error message (``""`` when all succeeded) and the step where the
+        trial was pruned (``None`` when it was not)."""
+        folder = Path(trial.output_dir)
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # a rerun must not resume from or pick old files
+        folder.mkdir(parents=True, exist_ok=True)
+        env = self.env | {TRIAL_ENV: str(ot._trial_id)}
+        extra = []
+        if self.sweep.pruner != "none":
+            args = {"monitor": monitored(self.sweep.metric), "pruner": self.sweep.pruner}
+            spec = {"class_path": PRUNING_CALLBACK, "init_args": args}
+            extra = [f"--trainer.callbacks+={json.dumps(spec)}"]
+        logs.append(folder / "fit.log")
+        rc = self._process(command_line(self.sweep, trial, "fit", run_id, extra), logs[-1], env)
         if rc != 0:
-            return _failure("fit", rc, logs[-1], self.sweep.timeout)
-        if not self._wants_test(trial, run_id):
-            return ""
-        ckpt = find_checkpoint(trial)
-        if ckpt is None:
-            return f"test: no checkpoint in {trial.checkpoint_dir} (enable checkpoint.save_last)"
-        logs.append(Path(trial.output_dir) / "test.log")
-        cmd = command_line(self.sweep, trial, "test", run_id, ckpt_path=str(ckpt))
-        rc = run_process(cmd, logs[-1], self.env, self.sweep.timeout)
-        return _failure("test", rc, logs[-1], self.sweep.timeout) if rc != 0 else ""
+            return f"fit exited with code {rc} (log {logs[-1]})", None
+        attrs = self._frozen(ot).user_attrs  # read again: the trial's own process may have set pruned_at_step
+        if PRUNED_ATTR in attrs:
+            return "", int(attrs[PRUNED_ATTR])
+        if not (trial.test if trial.test is not None else self._has_test_split(run_id)):
+            return "", None
+        ckpt = folder / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            return f"test: no {ckpt} (enable checkpoint.save_last)", None
+        logs.append(folder / "test.log")
+        rc = self._process(command_line(self.sweep, trial, "test", run_id, ["--ckpt_path", str(ckpt)]), logs[-1], env)
+        return (f"test exited with code {rc} (log {logs[-1]})" if rc != 0 else ""), None
 
-    def _wants_test(self, trial: Trial, run_id: str) -> bool:
-        if trial.test is not None:
-            return trial.test
-        logged = self.tracker.logged_config(run_id)  # resolved by the CLI itself, class defaults included
-        return has_test_split(logged) if logged is not None else False
+    def _process(self, cmd: list[str], log_path: Path, env: dict[str, str]) -> int:
+        """Run ``cmd`` in its own process group with stdout and stderr into ``log_path``; its exit code."""
+        with log_path.open("w") as log:
+            log.write(f"$ {shlex.join(cmd)}\n")
+            log.flush()
+            with self._lock:
+                if self.stopping:
+                    raise Interrupted
+                proc = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=self._preexec
+                )
+                self.procs.add(proc)
+            try:
+                rc = proc.wait(timeout=self.sweep.timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                rc = proc.wait()
+                log.write(f"\n[sweep] timed out after {self.sweep.timeout:g} s\n")
+            finally:
+                self.procs.discard(proc)
+        if self.stopping:
+            raise Interrupted
+        return rc
+
+    # ------------------------------------------------------------------------------------------------ MLflow
+
+    def _create_child(self, trial: Trial, number: int) -> str:
+        tags = axis_tags(trial) | {
+            PARENT_TAG: self.parent_id,
+            "sweep.name": self.sweep.name,
+            "sweep.study": self.study.study_name,
+            "sweep.role": "trial",
+            "sweep.trial": trial.name,
+            "sweep.config": trial.config_name,
+            "sweep.seed": "" if trial.seed is None else str(trial.seed),
+            "optuna.trial_number": str(number),
+        }
+        return self.client.create_run(self.experiment_id, run_name=trial.name, tags=tags).info.run_id
+
+    def _end_child(self, run_id: str, outcome: str, status: str, seconds: float, tags: dict | None = None) -> None:
+        for key, value in ({"sweep.outcome": outcome, "sweep.seconds": f"{seconds:.1f}"} | (tags or {})).items():
+            self.client.set_tag(run_id, key, value[-TAG_VALUE_LIMIT:])
+        self.client.set_terminated(run_id, status)
+
+    def _has_test_split(self, run_id: str) -> bool:
+        """Whether the config the CLI resolved and logged (``config.yaml``) names a test split."""
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = self.client.download_artifacts(run_id, "config.yaml", tmp)
+                config = yaml.safe_load(Path(path).read_text()) or {}
+            except Exception:  # noqa: BLE001 - no config logged: no test stage
+                return False
+        return bool(((config.get("data") or {}).get("init_args") or {}).get("test_split"))
 
 
-def _finished_ok(run: Run) -> bool:
-    return run.info.status == "FINISHED" and run.data.tags.get("sweep.outcome") == "ok"
-
-
-def _failure(stage: str, rc: int, log: Path, timeout: float | None) -> str:
-    if rc == TIMEOUT_RC and timeout is not None:
-        return f"{stage} timed out after {timeout:g} s (log {log})"
-    return f"{stage} exited with code {rc} (log {log})"
-
-
-def finish_parent(tracker: Tracker, parent_id: str, outcomes: list[TrialOutcome], total: int) -> None:
-    """Status and progress tags of the parent run after this invocation."""
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("FINISHED", "FAILED", "SKIPPED")}
-    tracker.client.set_tag(
-        parent_id,
-        "sweep.progress",
-        f"{counts['FINISHED']} ran, {counts['FAILED']} failed, {counts['SKIPPED']} skipped of {total}",
-    )
-    tracker.client.set_terminated(parent_id, "FAILED" if counts["FAILED"] else "FINISHED")
-
-
-def echo_err(text: str) -> None:
-    """Print to stderr (keeps stdout for dry-run command lines)."""
-    print(text, file=sys.stderr, flush=True)
+def _signal_group(proc: subprocess.Popen, sig: signal.Signals) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,4 +1,4 @@
-"""Sweep files: loading, grid expansion, per-trial command lines and config hashes.
+"""Sweep files: loading, grid expansion in a spread-out order, per-trial command lines, the digest naming a study.
 
 A sweep file is YAML::
 
@@ -19,7 +19,8 @@ A sweep file is YAML::
     output_dir: outputs/sweeps/demo_ablation   # default outputs/sweeps/<name>
     command: [python, -m, lit_hyperet]          # launcher (python = this interpreter); e.g. torchrun/srun wrappers
     timeout: 3600                    # seconds per stage (optional)
-    env: {OMP_NUM_THREADS: "1"}      # extra environment variables of the trials (not part of the config hash)
+    env: {OMP_NUM_THREADS: "1"}      # extra environment variables of the trials
+    pruner: median                   # stop trials whose metric falls behind the median of others (default: none)
 
 Include entries map keys to single values, except that a list is a list of alternatives (crossed like axes); write a
 list-valued CLI value as ``[[a, b]]`` there and in axes.
@@ -43,24 +44,11 @@ import yaml
 from lit_hyperet.user_errors import UserError
 
 #: Keys a sweep file may hold.
-SWEEP_KEYS = (
-    "name",
-    "experiment",
-    "description",
-    "configs",
-    "overrides",
-    "axes",
-    "exclude",
-    "include",
-    "runs",
-    "seeds",
-    "metric",
-    "test",
-    "output_dir",
-    "command",
-    "timeout",
-    "env",
+SWEEP_KEYS = tuple(
+    "name experiment description configs overrides axes exclude include runs seeds metric test output_dir command "
+    "timeout env pruner".split()
 )
+PRUNERS = ("none", "median")
 #: Top-level CLI keys without a dot (anything else without a dot in ``axes`` is a bundle axis).
 PLAIN_TOP_LEVEL_KEYS = ("seed_everything", "ckpt_path")
 CONFIG_KEY = "config"
@@ -68,16 +56,7 @@ NAME_KEY = "name"
 SEED_KEY = "seed_everything"
 DEFAULT_EXPERIMENT = "lit_hyperet"
 DEFAULT_COMMAND = ("python", "-m", "lit_hyperet")
-#: CLI keys the sweep sets per trial; left out of the config hash.
 LOGGER_KEY = "trainer.logger.init_args"
-MANAGED_KEYS = (
-    "trainer.default_root_dir",
-    "checkpoint.dirpath",
-    f"{LOGGER_KEY}.run_id",
-    f"{LOGGER_KEY}.run_name",
-    f"{LOGGER_KEY}.tags",
-    f"{LOGGER_KEY}.experiment_name",
-)
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.+-]*$")
 
 
@@ -106,6 +85,7 @@ class Sweep:
     command: list[str] = field(default_factory=lambda: list(DEFAULT_COMMAND))
     timeout: float | None = None
     env: dict[str, str] = field(default_factory=dict)
+    pruner: str = "none"
 
     def exclude_keys(self) -> list[str]:
         """Every key named in ``exclude``."""
@@ -114,7 +94,7 @@ class Sweep:
 
 @dataclass(frozen=True)
 class Trial:
-    """One trial: a configuration (assignments) at one seed."""
+    """One trial: a configuration (assignments) at one seed; ``index`` is its place in the spread-out run order."""
 
     index: int
     name: str
@@ -124,9 +104,7 @@ class Trial:
     configs: tuple[str, ...]
     assignments: tuple[tuple[str, Any], ...]
     output_dir: str
-    resolved: dict[str, Any]
-    config_hash: str
-    test: bool | None  # None: decided after fit from the resolved config ("auto")
+    test: bool | None  # None: decided after fit from the config the CLI resolved ("auto")
 
     @property
     def checkpoint_dir(self) -> str:
@@ -339,7 +317,10 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = (), extra_configs: I
         command=_load_command(path, raw.get("command")),
         timeout=float(raw["timeout"]) if raw.get("timeout") is not None else None,
         env=_load_env(path, raw.get("env")),
+        pruner=str(raw.get("pruner") or "none"),
     )
+    if sweep.pruner not in PRUNERS:
+        raise _error(path, "pruner", f"{sweep.pruner!r} is not one of {', '.join(PRUNERS)}")
     if CONFIG_KEY in sweep.overrides:
         raise _error(path, "overrides.config", "put fixed config files in `configs`")
     for key in sweep.exclude_keys():
@@ -365,8 +346,7 @@ def _excluded(values: dict[str, Any], exclude: list[dict[str, Any]]) -> bool:
         got = values[key]
         if isinstance(got, dict) and NAME_KEY in got:  # bundle axis: match by name
             got = got[NAME_KEY]
-        options = wanted if isinstance(wanted, list) else [wanted]
-        return got in options
+        return got in (wanted if isinstance(wanted, list) else [wanted])
 
     return any(all(matches(k, v) for k, v in entry.items()) for entry in exclude)
 
@@ -380,10 +360,9 @@ def _include_combinations(entry: dict[str, Any]) -> list[dict[str, Any]]:
     """An include entry; list values are alternatives (crossed)."""
     name = entry.get(NAME_KEY)
     fixed = {k: v for k, v in entry.items() if k != NAME_KEY}
-    grid = _grid({k: (v if isinstance(v, list) else [v]) for k, v in fixed.items()})
     varying = [k for k, v in fixed.items() if isinstance(v, list) and len(v) > 1]
     out = []
-    for combo in grid:
+    for combo in _grid({k: (v if isinstance(v, list) else [v]) for k, v in fixed.items()}):
         if name is not None:
             combo[NAME_KEY] = ",".join([name] + [_label_part(k, combo[k], {}) for k in varying])
         out.append(combo)
@@ -411,13 +390,6 @@ def _label_part(key: str, value: Any, aliases: dict[str, str]) -> str:
     return f"{aliases.get(key, key.split('.')[-1])}={slug(value)}"
 
 
-def _config_label(values: dict[str, Any], aliases: dict[str, str]) -> str:
-    if NAME_KEY in values:
-        return str(values[NAME_KEY])
-    parts = [_label_part(k, v, aliases) for k, v in values.items()]
-    return ",".join(parts) or "default"
-
-
 def _assignments(values: dict[str, Any]) -> tuple[list[str], list[tuple[str, Any]]]:
     """Extra config files and ``(key, value)`` CLI assignments of one configuration, in order."""
     configs: list[str] = []
@@ -436,160 +408,81 @@ def _assignments(values: dict[str, Any]) -> tuple[list[str], list[tuple[str, Any
     return configs, pairs
 
 
+def spread(grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The grid's configurations reordered so that any prefix covers it evenly: each next one differs most from those
+    already picked (fewest shared axis values), ties in file order. ``--max-trials`` and partial runs take prefixes."""
+    left, picked = list(grid), []
+    seen: list[set[str]] = []
+    while left:
+
+        def shared(values: dict[str, Any]) -> int:
+            items = {f"{k}={v}" for k, v in values.items()}
+            return sum(len(items & other) for other in seen)
+
+        best = min(left, key=shared)
+        left.remove(best)
+        picked.append(best)
+        seen.append({f"{k}={v}" for k, v in best.items()})
+    return picked
+
+
 def configurations(sweep: Sweep) -> list[dict[str, Any]]:
-    """The sweep's configurations (without seeds): include entries first, then the grid minus exclusions."""
+    """The sweep's configurations (without seeds): include entries first, then the grid minus exclusions, spread."""
     combos = [c for entry in sweep.include for c in _include_combinations(entry)]
     if sweep.axes:
-        combos += [c for c in _grid(sweep.axes) if not _excluded(c, sweep.exclude)]
+        combos += spread([c for c in _grid(sweep.axes) if not _excluded(c, sweep.exclude)])
     return combos
 
 
+def dir_name(name: str) -> str:
+    """A trial's directory: its name with ``=`` as ``-`` and anything else outside ``[A-Za-z0-9._-]`` as ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("=", "-")).strip("_")
+
+
 def expand(sweep: Sweep) -> list[Trial]:
-    """All trials: every configuration × every seed, with names, hashes and resolved configs."""
+    """All trials, in run order: each seed over every configuration (so a prefix spans configurations first)."""
     combos = configurations(sweep)
     aliases = _aliases([k for c in combos for k in c if k != NAME_KEY])
-    trials: list[Trial] = []
     labels: dict[str, dict[str, Any]] = {}
     for values in combos:
-        label = _config_label(values, aliases)
+        label = (
+            str(values[NAME_KEY])
+            if NAME_KEY in values
+            else ",".join(_label_part(k, v, aliases) for k, v in values.items())
+        )
         if label in labels:
             raise SweepError(
                 f"sweep {sweep.path}: two configurations share the name {label!r}: "
                 f"{labels[label]} and {values} (give include entries a unique `name`)"
             )
         labels[label] = values
-        extra_configs, pairs = _assignments(values)
-        for seed in sweep.seeds:
-            name = label if seed is None else f"{label},seed={seed}"
-            trials.append(_make_trial(sweep, len(trials), name, label, seed, values, extra_configs, pairs))
+    trials: list[Trial] = []
+    for seed in sweep.seeds:
+        for label, values in labels.items():
+            trials.append(_make_trial(sweep, len(trials), label or "default", seed, values))
     return trials
 
 
-def _make_trial(
-    sweep: Sweep,
-    index: int,
-    name: str,
-    label: str,
-    seed: int | None,
-    values: dict[str, Any],
-    extra_configs: list[str],
-    pairs: list[tuple[str, Any]],
-) -> Trial:
-    configs = tuple(sweep.configs + extra_configs + sweep.cli_configs)
+def _make_trial(sweep: Sweep, index: int, label: str, seed: int | None, values: dict[str, Any]) -> Trial:
+    extra_configs, pairs = _assignments(values)
+    name = label if seed is None else f"{label},seed={seed}"
     assignments = list(sweep.overrides.items()) + pairs
     if seed is not None:
         assignments.append((SEED_KEY, seed))
-    output_dir = f"{sweep.output_dir}/{name}"
+    output_dir = f"{sweep.output_dir}/{dir_name(name)}"
     assignments += [("trainer.default_root_dir", output_dir), ("checkpoint.dirpath", f"{output_dir}/checkpoints")]
     assignments += list(sweep.cli_overrides.items())
-    resolved = resolve_config(configs, assignments, sweep.path)
-    test = {"always": True, "never": False}.get(sweep.test)
     return Trial(
         index=index,
         name=name,
         config_name=label,
         seed=seed,
         values={k: (v[NAME_KEY] if isinstance(v, dict) and NAME_KEY in v else v) for k, v in values.items()},
-        configs=configs,
+        configs=tuple(sweep.configs + extra_configs + sweep.cli_configs),
         assignments=tuple(assignments),
         output_dir=output_dir,
-        resolved=resolved,
-        config_hash=config_hash(resolved, sweep.test),
-        test=test if test is not None else (has_test_split(resolved) or None),
+        test={"always": True, "never": False}.get(sweep.test),
     )
-
-
-# ------------------------------------------------------------------------------------------------ configs
-
-
-def _merge(base: Any, new: Any) -> Any:
-    """jsonargparse-like merge: mappings merge key by key; a changed ``class_path`` or any other value replaces."""
-    if isinstance(base, dict) and isinstance(new, dict):
-        if "class_path" in new and base.get("class_path") not in (None, new["class_path"]):
-            return dict(new)
-        out = dict(base)
-        for key, value in new.items():
-            out[key] = _merge(out.get(key), value)
-        return out
-    return new
-
-
-def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
-    """``config[a][b][c] = value`` for ``key = "a.b.c"`` (creating mappings, replacing non-mappings on the way)."""
-    parts = key.split(".")
-    node = config
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[parts[-1]] = _merge(node.get(parts[-1]), value)
-
-
-def get_dotted(config: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    """``config[a][b][c]`` for ``key = "a.b.c"``, or ``default``."""
-    node: Any = config
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
-def _load_yaml(path: str, sweep_path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise SweepError(f"sweep {sweep_path}: config {path}: {err}") from err
-    if not isinstance(data, dict):
-        raise SweepError(f"sweep {sweep_path}: config {path}: expected a mapping")
-    return data
-
-
-def resolve_config(configs: Iterable[str], assignments: Iterable[tuple[str, Any]], sweep_path: Path) -> dict[str, Any]:
-    """The config files merged in order with the assignments applied: an approximation of LightningCLI's result
-    (without class defaults), used for hashing, tags and deciding whether a test stage applies."""
-    resolved: dict[str, Any] = {}
-    for path in configs:
-        resolved = _merge(resolved, _load_yaml(path, sweep_path))
-    for key, value in assignments:
-        set_dotted(resolved, key, value)
-    return resolved
-
-
-def config_hash(resolved: Mapping[str, Any], test: str = "auto") -> str:
-    """Short sha256 of the resolved trial config without the keys the sweep manages per trial (dirs, logger run)."""
-    content = json.loads(json.dumps(resolved, default=str))
-    for key in MANAGED_KEYS:
-        parent, _, leaf = key.rpartition(".")
-        node = get_dotted(content, parent) if parent else content
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    text = json.dumps({"config": content, "test": test}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def has_test_split(config: Mapping[str, Any]) -> bool:
-    """Whether a (resolved) config's datamodule has a test split set."""
-    return bool(get_dotted(config, "data.init_args.test_split"))
-
-
-def config_tags(resolved: dict[str, Any]) -> dict[str, str]:
-    """Descriptive tags from the sweep's resolution of a trial config: HyperET settings and the encoder."""
-    tags: dict[str, str] = {}
-    hyperet = get_dotted(resolved, "model.init_args.hyperet", "unset")
-    if hyperet is None:
-        tags["hyperet"] = "none"
-    elif isinstance(hyperet, dict):
-        for key in ("variant", "space", "band_width", "block_size", "num_blocks", "curvature"):
-            if key in hyperet:
-                tags[f"hyperet.{key}"] = str(hyperet[key])
-    source = get_dotted(resolved, "model.init_args.model.init_args", {})
-    if isinstance(source, dict):
-        for key in ("vision", "vision_path", "path"):
-            if source.get(key):  # a tiny model is named by its tower kind, as the report names finished runs
-                tags["encoder"] = f"tiny-{source[key]}" if key == "vision" else str(source[key])
-                break
-    return tags
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -600,46 +493,34 @@ def launcher(sweep: Sweep) -> list[str]:
     return [sys.executable if part == "python" else part for part in sweep.command]
 
 
-def trial_tags(sweep: Sweep, trial: Trial) -> dict[str, str]:
-    """MLflow tags of a trial's child run (also passed to the logger in dry-run command lines)."""
-    tags = {
-        "sweep.name": sweep.name,
-        "sweep.role": "trial",
-        "sweep.trial": trial.name,
-        "sweep.config": trial.config_name,
-        "sweep.hash": trial.config_hash,
-        "sweep.index": str(trial.index),
-        "sweep.seed": "" if trial.seed is None else str(trial.seed),
+def axis_tags(trial: Trial) -> dict[str, str]:
+    """``axis.<key>``: the trial's value on each axis (bundles and config files by name)."""
+    return {
+        f"axis.{key}": slug(value) if key == CONFIG_KEY else cli_value(value)
+        for key, value in trial.values.items()
+        if key != NAME_KEY
     }
-    for key, value in trial.values.items():
-        if key != NAME_KEY:
-            tags[f"axis.{key}"] = slug(value) if key == CONFIG_KEY else cli_value(value)
-    return tags
 
 
 def command_line(
-    sweep: Sweep, trial: Trial, stage: str = "fit", run_id: str | None = None, ckpt_path: str | None = None
+    sweep: Sweep, trial: Trial, stage: str = "fit", run_id: str | None = None, extra: Iterable[str] = ()
 ) -> list[str]:
     """``python -m lit_hyperet <stage> --config … --key value …`` for one trial.
 
     Order: base and extra ``--config`` files, the sweep's ``overrides``, the configuration's values, the seed, the
-    trial's output dirs, ``--override`` values, then the MLflow logger's experiment, run name and tags (and the run id
-    of the child run when the sweep created one, which makes the logger ignore the name and tags).
+    trial's output dirs, ``--override`` values, then the MLflow logger's experiment and run name (and the run id of
+    the child run when the sweep created one), then ``extra`` arguments (the checkpoint, the pruning callback).
     """
     cmd = launcher(sweep) + [stage]
     for path in trial.configs:
         cmd += ["--config", path]
     for key, value in trial.assignments:
         cmd += cli_args(key, value)
-    tags = {k: v for k, v in trial_tags(sweep, trial).items() if k in ("sweep.name", "sweep.trial", "sweep.hash")}
     cmd += cli_args(f"{LOGGER_KEY}.experiment_name", sweep.experiment)
     cmd += cli_args(f"{LOGGER_KEY}.run_name", trial.name)
-    cmd += cli_args(f"{LOGGER_KEY}.tags", tags)
     if run_id is not None:
         cmd += cli_args(f"{LOGGER_KEY}.run_id", run_id)
-    if ckpt_path is not None:
-        cmd += cli_args("ckpt_path", ckpt_path)
-    return cmd
+    return cmd + list(extra)
 
 
 def shell_line(sweep: Sweep, trial: Trial) -> str:
@@ -648,6 +529,18 @@ def shell_line(sweep: Sweep, trial: Trial) -> str:
     env = "".join(f"{k}={shlex.quote(v)} " for k, v in sweep.env.items())
     line = env + shlex.join(command_line(sweep, trial, "fit"))
     if trial.test:
-        ckpt = f"{trial.checkpoint_dir}/last.ckpt"
-        line += " && " + env + shlex.join(command_line(sweep, trial, "test", ckpt_path=ckpt))
+        ckpt = ["--ckpt_path", f"{trial.checkpoint_dir}/last.ckpt"]
+        line += " && " + env + shlex.join(command_line(sweep, trial, "test", extra=ckpt))
     return line
+
+
+def definition_digest(sweep: Sweep, trials: list[Trial]) -> str:
+    """8 hex naming the study: the trials' command lines and the bytes of every config file they read. A changed
+    setting is a new study (nothing stale is skipped); the study of the same definition resumes."""
+    digest = hashlib.sha256()
+    for trial in sorted(trials, key=lambda t: t.name):
+        digest.update(json.dumps([trial.name, list(trial.configs), trial.assignments], default=str).encode())
+    for path in sorted({c for t in trials for c in t.configs}):
+        digest.update(Path(path).read_bytes())
+    digest.update(json.dumps([sweep.test, sweep.metric, sweep.pruner, sweep.command]).encode())
+    return digest.hexdigest()[:8]
