@@ -11,17 +11,16 @@ from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from lit_hyperet.hyperet import HyperETConfig, adapted_module_names
-from lit_hyperet.models.memvp import MemVPModel, TinyMemVP, build_memvp, count_parameters, make_tiny_memvp
+from lit_hyperet.models.memvp import MemVPModel, TinyMemVP, build_memvp, count_parameters
 from lit_hyperet.models.memvp.sources import memvp_image_processor
 from lit_hyperet.models.tiny_configs import TEXT_WIDTH, VISION_LAYERS, VISION_WIDTH
 
 SLOTS = 24
 
 
-@pytest.fixture(scope="module")
-def memvp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny LLaMA + CLIP pair written by ``make-tiny-model --family memvp`` code."""
-    return make_tiny_memvp(tmp_path_factory.mktemp("tiny_memvp"), seed=0)
+@pytest.fixture
+def memvp_dir(tiny_memvp_dir: Path) -> Path:
+    return tiny_memvp_dir
 
 
 def tiny(memvp_dir: Path, hyperet: HyperETConfig | None = None, **settings: object) -> tuple[TinyMemVP, MemVPModel]:
@@ -218,3 +217,36 @@ def test_memvp_data_path_prompt_bos_first_captions_and_image_mask(memvp_dir: Pat
     assert captioned and all(
         " on a " in t or "a map" in t or " sky " in t for t in captioned
     )  # evaluation: captions on
+
+
+def test_two_processes_with_a_text_only_rank_do_not_hang(memvp_dir: Path, tmp_path: Path) -> None:
+    """FSDP2 over 2 gloo CPU processes: rank 1 never sees an image, and both ranks train and generate."""
+    import os
+    import subprocess
+    import sys
+
+    helper = Path(__file__).parent / "helpers" / "memvp_ranks.py"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(
+        [sys.executable, str(helper), str(memvp_dir), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    for rank in (0, 1):
+        record = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert all(torch.isfinite(torch.tensor(record["losses"]))) and record["generated"].shape[1] > 0
+
+
+def test_make_tiny_model_writes_a_memvp_pair_the_source_loads(tmp_path: Path) -> None:
+    from lit_hyperet.models.tiny_command import main
+
+    assert main(["--out", str(tmp_path / "m"), "--family", "memvp", "--seed", "1"]) == 0
+    source, model = tiny(tmp_path / "m")
+    assert isinstance(model.vision_tower, CLIPVisionModel) and isinstance(model.language_model, LlamaForCausalLM)
+    assert source.load_processor().tokenizer.bos_token == "<s>"
