@@ -90,3 +90,27 @@ def test_the_recipe_config_trains_every_tensor_with_memvps_single_rate(tiny_memv
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == sum(
         p.numel() for p in module.llava.parameters() if p.requires_grad
     )
+
+
+def test_radius_reads_the_memvp_tower_and_projector(tiny_memvp_dir: Path, demo_data_dir: Path, tmp_path: Path) -> None:
+    """The radius command on the MemVP demo config: per-image radii of the tower's tokens and the projector's."""
+    import csv
+
+    import yaml
+    from helpers.demo_cli import MEMVP_DEMO
+
+    from lit_hyperet.radius import main as radius_main
+
+    overrides = [f"model.init_args.model.init_args.path={tiny_memvp_dir}", f"data.init_args.data_dir={demo_data_dir}"]
+    runs = tmp_path / "runs.yaml"
+    runs.write_text(yaml.safe_dump({"runs": [{"name": "memvp", "config": MEMVP_DEMO, "overrides": overrides}]}))
+    out = tmp_path / "out"
+    argv = ["--runs", str(runs), "--max-samples", "6", "--projector", "--with-accuracy", "--out", str(out)]
+    assert radius_main([*argv, "--no-mlflow"]) == 0
+    summary = json.loads((out / "radius_summary.json").read_text())
+    run = summary["runs"]["memvp"]
+    assert run["counts"]["samples_seen"] == 6 and run["counts"]["images"] > 0
+    assert run["model"]["layer"] == -2 and run["model"]["vision_tower"] == "clip_vision_model"
+    with (out / "radius_images.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == run["counts"]["images"] and float(rows[0]["projector_rad_mean"]) > 0
