@@ -250,3 +250,15 @@ def test_make_tiny_model_writes_a_memvp_pair_the_source_loads(tmp_path: Path) ->
     source, model = tiny(tmp_path / "m")
     assert isinstance(model.vision_tower, CLIPVisionModel) and isinstance(model.language_model, LlamaForCausalLM)
     assert source.load_processor().tokenizer.bos_token == "<s>"
+
+
+def test_memvp_mistakes_are_config_errors(memvp_dir: Path) -> None:
+    from lit_hyperet.models.llava import LoraSettings
+    from lit_hyperet.user_errors import ConfigError
+
+    with pytest.raises(ConfigError, match="slot"):
+        TinyMemVP(str(memvp_dir), memvp={"slot": 24})
+    with pytest.raises(ConfigError, match="no LoRA"):
+        TinyMemVP(str(memvp_dir), memvp={"slots": SLOTS}).build(lora=LoraSettings())
+    with pytest.raises(ConfigError, match="patch tokens"):
+        TinyMemVP(str(memvp_dir), memvp={"slots": 8}).load_model()
