@@ -30,7 +30,7 @@ from lit_hyperet.user_errors import ConfigError
 
 
 class MemVPModel(nn.Module):
-    """A frozen-able LLaMA + CLIP vision tower joined by MemVP's FFN memory (see the module docstring).
+    """A LLaMA and a CLIP vision tower joined by MemVP's FFN memory and CLIP adapters (see the module docstring).
 
     Args:
         language_model: the ``LlamaForCausalLM`` (any decoder whose layers have ``.mlp`` on the post-attention norm).
