@@ -1,4 +1,5 @@
-"""LLaVA's ``vicuna_v1`` conversation format as a Jinja chat template (for tokenizers and processors)."""
+"""Conversation formats as Jinja chat templates (for tokenizers and processors): LLaVA's ``vicuna_v1`` and the plain
+concatenation MemVP uses."""
 
 from __future__ import annotations
 
@@ -49,3 +50,26 @@ def vicuna_v1_chat_template(image_token: str = "<image>", system: str = VICUNA_V
     """
     # JSON string literals are valid Jinja string literals, so any text is quoted safely.
     return _TEMPLATE.strip().replace("@IMAGE@", json.dumps(image_token)).replace("@SYSTEM@", json.dumps(system))
+
+
+_PLAIN_TEMPLATE = r"""
+{%- for message in messages -%}
+{%- if message['role'] == 'user' -%}
+{{- message['content'] -}}
+{%- elif message['role'] == 'assistant' -%}
+{%- generation -%}{{- message['content'] + eos_token -}}{%- endgeneration -%}
+{%- else -%}
+{{- raise_exception('plain template: expected user/assistant messages; got ' ~ message['role']) -}}
+{%- endif -%}
+{%- endfor -%}
+"""
+
+
+def plain_chat_template() -> str:
+    """No chat format (MemVP's): ``{user}{reply}{eos}`` per turn, the prompt text carrying its own markers, e.g.
+    ``Question: …\nOptions: (A) …\nResponse:`` + ``The answer is B.`` + ``</s>``.
+
+    The template adds no BOS: the tokenizer's post-processor does (MemVP encodes with ``bos=True``); the generation
+    prompt adds nothing.
+    """
+    return _PLAIN_TEMPLATE.strip()

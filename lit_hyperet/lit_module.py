@@ -1,4 +1,4 @@
-"""``HyperETLitModule``: a LLaVA model with HyperET on the frozen vision tower, a projector and a LoRA-tuned LLM."""
+"""``HyperETLitModule``: a multimodal LLM (the LLaVA or the MemVP family) with HyperET on its frozen vision tower."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from torch import nn
 from lit_hyperet.class_paths import to_spec
 from lit_hyperet.hyperet import HyperETConfig, adapted_module_names, adapted_width, hyperet_report, summarize_report
 from lit_hyperet.hyperet_config import LAYOUT_HPARAMS as HYPERET_LAYOUT_HPARAMS
-from lit_hyperet.models.llava import LoraSettings, build_llava, count_parameters, trainable_groups
-from lit_hyperet.models.loading import ModelSource
+from lit_hyperet.models.llava import LoraSettings
+from lit_hyperet.models.loading import LanguageModelSource, parameter_counts
 from lit_hyperet.non_finite import (
     NON_FINITE_POLICIES,
     NonFiniteLossError,
@@ -37,19 +37,26 @@ def _drop_gradients(optimizer: Any) -> None:
 
 
 class HyperETLitModule(TrainableOnlyModule):
-    """Trains HyperET matrices, the projector and LoRA on a LLaVA model; evaluates by greedy generation.
+    """Trains HyperET matrices and the family's adapters on a multimodal LLM; evaluates by greedy generation.
+
+    The family is the model source's: LLaVA (``PretrainedLlava``, ``LlavaFromParts``, ``TinyLlava``: projector,
+    visual tokens, LoRA) or MemVP (``MemVPFromParts``, ``TinyMemVP``: projector, FFN memory E1 / E2, CLIP MLP
+    adapters, no LoRA). The family builds the model and names its parameter groups; everything else is shared.
 
     Args:
-        model: where the LLaVA model comes from (``PretrainedLlava``, ``LlavaFromParts`` or ``TinyLlava``).
+        model: where the model comes from (a :class:`~lit_hyperet.models.loading.LanguageModelSource`).
         hyperet: the HyperET configuration; ``None`` trains the baseline without HyperET.
         train_projector: train the multimodal projector.
-        lora: LoRA on the language model (never the vision tower or projector); ``None`` keeps the LLM frozen.
+        lora: LoRA on the language model (LLaVA only; never the vision tower or projector); ``None`` keeps the LLM
+            frozen.
         optimizer: optimiser factory taking parameter groups (LightningCLI ``class_path`` style).
         lr_scheduler: scheduler factory taking the optimiser; ``WarmupCosineLR`` gets its total steps from the
             trainer when its ``total_steps`` is -1.
         hyperet_lr: learning rate of the HyperET matrices (paper's ScienceQA recipe: 1.125e-3).
         projector_lr: learning rate of the projector.
         lora_lr: learning rate of the LoRA matrices.
+        adapter_lr: learning rate of MemVP's memory (E1, E2) and CLIP MLP adapters. MemVP's recipe trains every
+            tensor with one rate (1.125e-3): set ``hyperet_lr``, ``projector_lr`` and ``adapter_lr`` alike.
         weight_decay: decoupled weight decay for parameters with ≥ 2 dims (1-D parameters get none).
         max_new_tokens: greedy generation length in validation/test/predict (a datamodule's
             ``eval_max_new_tokens``, e.g. 1 for answer-prefix decoding, takes precedence).
@@ -69,11 +76,15 @@ class HyperETLitModule(TrainableOnlyModule):
         "lora",
         "lora.r",
         "lora.target_modules",
+        "model.init_args.memvp.slots",
+        "model.init_args.memvp.projector_hidden",
+        "model.init_args.memvp.adapter_dim",
+        "model.init_args.memvp.modality_embedding",
     )
 
     def __init__(
         self,
-        model: ModelSource,
+        model: LanguageModelSource,
         hyperet: HyperETConfig | None = None,
         train_projector: bool = True,
         lora: LoraSettings | None = None,
@@ -82,6 +93,7 @@ class HyperETLitModule(TrainableOnlyModule):
         hyperet_lr: float = 1.125e-3,
         projector_lr: float = 2e-4,
         lora_lr: float = 2e-4,
+        adapter_lr: float = 1.125e-3,
         weight_decay: float = 0.0,
         max_new_tokens: int = 32,
         gradient_checkpointing: bool = False,
@@ -95,7 +107,7 @@ class HyperETLitModule(TrainableOnlyModule):
         # load with torch.load(weights_only=True).
         for key, value in list(self.hparams.items()):
             self.hparams[key] = to_spec(value)
-        self.source = as_source(model)
+        self.source = as_source(model, LanguageModelSource)
         self.hyperet_config: HyperETConfig | None = as_dataclass(hyperet, HyperETConfig)
         self.lora_settings: LoraSettings | None = as_dataclass(lora, LoraSettings)
         # Resolved when training starts, so loading a checkpoint for evaluation or export builds no optimiser.
@@ -119,8 +131,7 @@ class HyperETLitModule(TrainableOnlyModule):
         """
         if self.llava is not None:
             return
-        self.llava = build_llava(
-            self.source,
+        self.llava = self.source.build(
             hyperet=self.hyperet_config,
             train_projector=self.hparams.train_projector,
             lora=self.lora_settings,
@@ -138,11 +149,12 @@ class HyperETLitModule(TrainableOnlyModule):
             shard_model(self.llava, data_parallel, str(self.trainer.precision))
 
     def forward(self, **batch: Any) -> Any:
-        """The transformers model's forward."""
+        """The model's forward (``self.llava``: the family's model, a LLaVA or a ``MemVPModel``)."""
         return self.llava(**batch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only trainable tensors (HyperET, projector, LoRA), and the count of skipped non-finite steps."""
+        """Keep only trainable tensors (HyperET, projector, LoRA or MemVP's adapters), and the count of skipped
+        non-finite steps."""
         super().on_save_checkpoint(checkpoint)
         checkpoint[SKIPPED_STEPS_KEY] = self.skipped_steps
 
@@ -155,10 +167,18 @@ class HyperETLitModule(TrainableOnlyModule):
     # ------------------------------------------------------------------------------------------------ optimisation
 
     def configure_optimizers(self) -> Any:
-        """Parameter groups HyperET / projector / LoRA with their own lr; no weight decay on 1-D parameters."""
-        lrs = {"hyperet": self.hparams.hyperet_lr, "projector": self.hparams.projector_lr, "lora": self.hparams.lora_lr}
+        """The family's parameter groups (HyperET / projector / LoRA, or HyperET / projector / memory / vision
+        adapters) with their own lr; no weight decay on 1-D parameters (biases, diagonal HyperET matrices)."""
+        hp = self.hparams
+        lrs = {
+            "hyperet": hp.hyperet_lr,
+            "projector": hp.projector_lr,
+            "lora": hp.lora_lr,
+            "memory": hp.adapter_lr,
+            "vision_adapters": hp.adapter_lr,
+        }
         groups = []
-        for name, params in trainable_groups(self.llava).items():
+        for name, params in self.source.trainable_groups(self.llava).items():
             for decay in (True, False):
                 chosen = [p for _, p in params if p.requires_grad and (p.dim() >= 2) == decay]
                 if chosen:
@@ -166,7 +186,7 @@ class HyperETLitModule(TrainableOnlyModule):
                     suffix = "" if decay else "_no_decay"
                     groups.append({"params": chosen, "lr": lrs[name], "weight_decay": wd, "name": name + suffix})
         if not groups:
-            raise ConfigError("nothing to train: enable HyperET, the projector or LoRA")
+            raise ConfigError("nothing to train: enable HyperET, the projector, LoRA or a MemVP model")
         return self.build_optimization(groups, self._optimizer_spec, self._scheduler_spec)
 
     # ------------------------------------------------------------------------------------------------ steps
@@ -272,7 +292,8 @@ class HyperETLitModule(TrainableOnlyModule):
         """Log trainable-parameter counts and what HyperET adapted as run parameters."""
         if self.logger is None:
             return
-        counts = {f"params/{k}": v for k, v in count_parameters(self.llava).items()}  # DTensor numel is global
+        groups = self.source.trainable_groups(self.llava)
+        counts = {f"params/{k}": v for k, v in parameter_counts(self.llava, groups).items()}  # DTensor numel: global
         counts["params/hyperet_adapted_modules"] = len(adapted_module_names(self.llava))
         if (width := adapted_width(self.llava)) is not None:
             counts["params/hyperet_n"] = width  # n of the adapted n×n weights, as the sweep table shows it
@@ -280,12 +301,9 @@ class HyperETLitModule(TrainableOnlyModule):
 
     # ------------------------------------------------------------------------------------------------ helpers
 
-    @staticmethod
-    def _model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        if batch.get("pixel_values") is not None:
-            inputs["pixel_values"] = batch["pixel_values"]
-        return inputs
+    def _model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch entries the family's model reads (``pixel_values``: only when the batch has images)."""
+        return {k: batch[k] for k in self.source.input_names if batch.get(k) is not None}
 
     def _log_metric(self, stage: str, metric: Any) -> None:
         results = metric.compute()

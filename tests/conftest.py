@@ -35,6 +35,14 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pa
 
 
 @pytest.fixture(scope="session")
+def tiny_memvp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny LLaMA + CLIP tower pair written by ``make-tiny-model --family memvp`` code."""
+    from lit_hyperet.models.memvp.tiny import make_tiny_memvp
+
+    return make_tiny_memvp(tmp_path_factory.mktemp("tiny_memvp"), seed=0)
+
+
+@pytest.fixture(scope="session")
 def demo_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic dataset in the ScienceQA raw layout, written by ``make-demo-data`` code."""
     from lit_hyperet.tasks.scienceqa.demo import make_demo_data

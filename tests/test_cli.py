@@ -20,7 +20,8 @@ SCIENCEQA_DELTAS = sorted(p for p in (CONFIGS / "scienceqa").glob("*.yaml") if p
 
 def config_sets() -> list[list[Path]]:
     """Every YAML under configs/, each in the combination it is meant to be used in."""
-    sets = [[CONFIGS / "demo.yaml"], [CONFIGS / "alignment_demo.yaml"]]
+    sets = [[CONFIGS / "demo.yaml"], [CONFIGS / "alignment_demo.yaml"], [CONFIGS / "memvp_demo.yaml"]]
+    sets += [[CONFIGS / "scienceqa_memvp" / "base.yaml"]]
     sets += [[CONFIGS / "scienceqa" / "base.yaml", delta] for delta in SCIENCEQA_DELTAS]
     diagonal = CONFIGS / "scienceqa" / "diagonal.yaml"
     sets += [

@@ -2,10 +2,11 @@
 
 Training batches (right padding): ``input_ids`` [B,T] long, ``attention_mask`` [B,T] long, ``labels`` [B,T] long
 (``-100`` on padding and masked positions), ``pixel_values`` float [N_img,3,H,W] (the images of the batch's image
-samples in sample order; the key is absent when no sample has an image), ``ids`` list[str].
+samples in sample order; the key is absent when no sample has an image), ``image_mask`` [B] bool (which samples
+have an image: row ``i`` of ``pixel_values`` belongs to the ``i``-th ``True``), ``ids`` list[str].
 
 Generation batches (left padding, for ``generate``): ``input_ids``, ``attention_mask``, ``pixel_values`` as above,
-``ids``, ``meta`` list[dict], ``references`` list[str].
+``image_mask``, ``ids``, ``meta`` list[dict], ``references`` list[str].
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Collator:
         images = [item["pixel_values"] for item in items if item.get("pixel_values") is not None]
         if images:
             batch["pixel_values"] = torch.cat(images, dim=0)
+        batch["image_mask"] = torch.tensor([item.get("pixel_values") is not None for item in items], dtype=torch.bool)
         batch["ids"] = [item["id"] for item in items]
         if self.mode == "generate":
             batch["meta"] = [item["meta"] for item in items]

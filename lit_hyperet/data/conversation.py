@@ -15,6 +15,9 @@ piece; everything else (system, user turns, image tokens, BOS) is ``-100``. The 
 before the last assistant piece (it ends with ``ASSISTANT:``), so it is a prefix of the training ids by construction;
 the answer-prefix prompt extends it to the end of ``"The answer is"`` and refuses tokenisers that merge across it.
 
+A processor without an image token (``image_token`` ``None``, MemVP's) keeps images beside the text: nothing is
+inserted, the image is still processed, and the batch's ``image_mask`` says which samples have one.
+
 LLaVA's pre-training ``plain`` format renders ``<image>`` + caption + ``"\\n"`` and learns only caption and newline.
 """
 
@@ -109,7 +112,12 @@ class ConversationEncoder:
         return self._num_image_tokens
 
     def _measure_image(self) -> None:
-        if self._num_image_tokens is not None:
+        if self._image_size is not None:
+            return
+        if self.image_token is None:  # images beside the text: only the processed size is fixed
+            self._require_images("<encoder>")
+            out = self.processor.image_processor(images=[Image.new("RGB", (64, 64))], return_tensors="pt")
+            self._num_image_tokens, self._image_size = 0, tuple(out["pixel_values"].shape[-2:])
             return
         self._require_images("<encoder>")
         out = self.processor(
@@ -119,8 +127,8 @@ class ConversationEncoder:
         self._image_size = tuple(out["pixel_values"].shape[-2:])
 
     def _require_images(self, record: str) -> None:
-        if self.image_token is None or not hasattr(self.processor, "image_processor"):
-            raise DataError(f"{record}: sample has an image but the processor has no image processor / image token")
+        if not hasattr(self.processor, "image_processor"):
+            raise DataError(f"{record}: sample has an image but the processor has no image processor")
 
     def pieces(self, conv: Conversation) -> list[tuple[str, bool]]:
         """The rendered text cut into ``(text, learned)`` pieces (image token not yet expanded)."""
@@ -129,6 +137,10 @@ class ConversationEncoder:
             if conv.image is None:
                 raise DataError(f"{conv.where('image')}: the plain (pre-training) template needs an image")
             self._require_images(conv.where())
+            if self.image_token is None:
+                raise DataError(
+                    f"{conv.where()}: the plain (pre-training) template needs a processor with an image token"
+                )
             return [(self.image_token, False), (conv.reference + "\n", True)]
         if conv.template != "chat":
             raise DataError(f"{conv.where('template')}: unknown template {conv.template!r} (expected chat or plain)")
@@ -141,7 +153,8 @@ class ConversationEncoder:
                     )
         if conv.image is not None:
             self._require_images(conv.where())
-            messages[0]["content"] = f"{self.image_token}\n{messages[0]['content']}"
+            if self.image_token is not None:
+                messages[0]["content"] = f"{self.image_token}\n{messages[0]['content']}"
         pieces: list[tuple[str, bool]] = []
         done = ""
         for k in range(0, len(messages), 2):
@@ -195,17 +208,18 @@ class ConversationEncoder:
         text = "".join(p for p, _ in pieces)
         bos = self.tokenizer.bos_token
         add_special = not (bos and text.startswith(bos))
-        n_img = self.num_image_tokens if conv.image is not None else 1
+        inline = conv.image is not None and self.image_token is not None
+        n_img = self.num_image_tokens if inline else 1
         # piece boundaries in the coordinates of the expanded text (what the tokenizer sees)
         starts, pos = [], 0
         for piece, _ in pieces:
             starts.append(pos)
             extra = piece.count(self.image_token) * (n_img - 1) * len(self.image_token) if n_img > 1 else 0
             pos += len(piece) + extra
-        expanded = text.replace(self.image_token, self.image_token * n_img) if conv.image is not None else text
+        expanded = text.replace(self.image_token, self.image_token * n_img) if inline else text
         out = self.tokenizer(expanded, add_special_tokens=add_special, return_offsets_mapping=True)
         ids, offsets = list(out["input_ids"]), out["offset_mapping"]
-        if conv.image is not None:
+        if inline:
             found = sum(1 for i in ids if i == self.processor.image_token_id)
             if found != n_img:
                 raise DataError(

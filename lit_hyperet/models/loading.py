@@ -9,13 +9,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, ProcessorMixin
 
 from lit_hyperet.user_errors import ConfigError
+
+if TYPE_CHECKING:
+    from lit_hyperet.hyperet_config import HyperETConfig
+
+NamedParams = list[tuple[str, nn.Parameter]]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -76,6 +81,29 @@ class ModelSource(ABC):
     @abstractmethod
     def describe(self) -> dict[str, str]:
         """Plain strings describing the source (for hyper-parameter logging)."""
+
+
+class LanguageModelSource(ModelSource):
+    """A source of the multimodal language models ``HyperETLitModule`` trains (the LLaVA and MemVP families): it
+    builds its frozen model with the family's trainable parts and names their parameter groups."""
+
+    #: The batch entries the built model's ``forward`` and ``generate`` read.
+    input_names: tuple[str, ...] = ("input_ids", "attention_mask", "pixel_values")
+
+    @abstractmethod
+    def build(
+        self,
+        hyperet: HyperETConfig | None = None,
+        train_projector: bool = True,
+        lora: Any = None,
+        gradient_checkpointing: bool = False,
+    ) -> nn.Module:
+        """The loaded model, frozen except HyperET (on the vision tower), the projector (if ``train_projector``) and
+        the family's own trainable parts (``lora``: LoRA settings, for families that train LoRA)."""
+
+    @abstractmethod
+    def trainable_groups(self, model: nn.Module) -> dict[str, NamedParams]:
+        """Trainable parameters of a :meth:`build` model by group name -> ``[(qualified name, parameter)]``."""
 
 
 def parameter_counts(model: nn.Module, groups: Mapping[str, list[tuple[str, nn.Parameter]]]) -> dict[str, int]:

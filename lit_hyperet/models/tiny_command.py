@@ -1,7 +1,8 @@
 """``make-tiny-model``: write a random-initialised tiny model of a family, saved so that ``from_pretrained`` loads it.
 
 ``--family llava`` (default): a tiny LLaVA with the ``--vision`` tower (:mod:`lit_hyperet.models.llava.tiny`);
-``--family blip2-itm``: a tiny BLIP-2 image–text retrieval model (:mod:`lit_hyperet.models.blip2.tiny`).
+``--family blip2-itm``: a tiny BLIP-2 image–text retrieval model (:mod:`lit_hyperet.models.blip2.tiny`);
+``--family memvp``: a tiny LLaMA + CLIP tower pair for MemVP (:mod:`lit_hyperet.models.memvp.tiny`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from lit_hyperet.models.tiny_configs import VISIONS
 
-FAMILIES = ("llava", "blip2-itm")
+FAMILIES = ("llava", "blip2-itm", "memvp")
 
 
 def _write(family: str, out: str, vision: str | None, seed: int) -> tuple[Path, str, int]:
@@ -25,6 +26,15 @@ def _write(family: str, out: str, vision: str | None, seed: int) -> tuple[Path, 
         path = make_tiny_model(out, vision=vision, seed=seed)
         n = sum(p.numel() for p in LlavaForConditionalGeneration.from_pretrained(path).parameters())
         return path, f"tiny LLaVA ({vision} tower, seed {seed}", n
+    if family == "memvp":
+        from transformers import CLIPVisionModel, LlamaForCausalLM
+
+        from lit_hyperet.models.memvp.tiny import VISION_SUBDIR, make_tiny_memvp
+
+        path = make_tiny_memvp(out, seed=seed)
+        n = sum(p.numel() for p in LlamaForCausalLM.from_pretrained(path).parameters())
+        n += sum(p.numel() for p in CLIPVisionModel.from_pretrained(path / VISION_SUBDIR).parameters())
+        return path, f"tiny LLaMA and CLIP tower for MemVP (seed {seed}", n
     from transformers import Blip2ForImageTextRetrieval
 
     from lit_hyperet.models.blip2.tiny import make_tiny_blip2_itm
@@ -39,7 +49,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lit_hyperet make-tiny-model",
         description="Write a random-initialised tiny model: a LLaVA with tokenizer, processor and vicuna_v1 chat "
-        "template (--family llava), or a BLIP-2 image-text retrieval model with its processor (--family blip2-itm).",
+        "template (--family llava), a BLIP-2 image-text retrieval model with its processor (--family blip2-itm), or "
+        "a LLaMA with tokenizer and a CLIP tower in vision/ for MemVP (--family memvp).",
     )
     parser.add_argument("--out", required=True, help="directory to write the model to")
     parser.add_argument("--family", choices=FAMILIES, default="llava", help="model family (default: llava)")

@@ -31,7 +31,7 @@ from lit_hyperet.radius.tokens import (
     resolved_layer,
     token_features,
     token_quantities,
-    unwrap_llava,
+    vision_view,
 )
 from lit_hyperet.tasks.scienceqa.rules import grade_band
 from lit_hyperet.user_errors import ConfigError
@@ -101,7 +101,7 @@ def set_image_size(module: Any, image_processor: Any, size: int) -> None:
     """Process images at ``size``×``size``: every size and crop entry of the image processor becomes ``size``. The
     tower must accept other resolutions: ``interpolate_pos_encoding`` in its forward, or one of :data:`ANY_RESOLUTION`
     (a fixed-size tower such as SAM's is a ``ConfigError``)."""
-    tower = unwrap_llava(module.llava).model.vision_tower
+    tower = vision_view(module.llava).tower
     model_type = tower.config.model_type
     if model_type not in ANY_RESOLUTION and not interpolates(tower):
         raise ConfigError(f"a {model_type} tower has fixed position embeddings: it cannot be run at {size}px")
@@ -172,8 +172,8 @@ def dataloader(datamodule: Any, split: str, max_samples: int | None, where: str)
 
 def model_info(module: Any, selection: TokenSelection) -> dict[str, Any]:
     """Tower, layer, token selection and HyperET settings of a built module (for the JSON summary)."""
-    llava = unwrap_llava(module.llava)
-    vision = llava.config.vision_config
+    view = vision_view(module.llava)
+    vision = view.tower.config
     try:
         prefix: int | None = prefix_tokens(vision)
     except ValueError:  # unknown tower: tokens.py infers it from the sequence length
@@ -183,9 +183,9 @@ def model_info(module: Any, selection: TokenSelection) -> dict[str, Any]:
     return {
         "vision_tower": vision.model_type,
         "vision_layers": int(vision.num_hidden_layers),
-        "layer": resolved_layer(llava, selection),
-        "config_vision_feature_layer": llava.config.vision_feature_layer,
-        "vision_feature_select_strategy": llava.config.vision_feature_select_strategy,
+        "layer": resolved_layer(module.llava, selection),
+        "config_vision_feature_layer": view.feature_layer,
+        "vision_feature_select_strategy": view.select_strategy,
         "prefix_tokens": prefix,
         "cls_included": bool(selection.include_cls and (prefix is None or prefix >= 1)),
         "tokens": "patch + CLS" if selection.include_cls and (prefix is None or prefix >= 1) else "patch",

@@ -1,10 +1,12 @@
-"""What is measured: a LLaVA model's visual tokens and the radius quantities of each token.
+"""What is measured: a model's visual tokens (LLaVA or MemVP) and the radius quantities of each token.
 
 **Tokens.** A vision-tower hidden layer (patch tokens, CLS optional) and, on request, the projector output. Which
 leading tokens are not patches comes from the tower type (:func:`lit_hyperet.encoders.prefix_tokens`: CLIP and DINOv2
 have one CLS, SigLIP none, DINOv2-with-registers a CLS plus registers); for an unknown tower it is the sequence length
-minus ``(image_size // patch_size)²``. The projector output is computed exactly as LLaVA feeds the LLM: the config's
-``vision_feature_layer`` and ``vision_feature_select_strategy``, then ``multi_modal_projector``.
+minus ``(image_size // patch_size)²``. The projector output is computed exactly as the model feeds its LLM
+(:class:`VisionView`): for LLaVA the config's ``vision_feature_layer`` and ``vision_feature_select_strategy``, then
+``multi_modal_projector``; for MemVP the tower's ``feature_layer`` without CLS, ``post_layernorm`` and ``adapter_proj``
+(before MemVP's 0.01 scale).
 
 **Quantities.** For a token feature ``f`` (a Euclidean vector, treated as a tangent vector at the origin) mapped into
 the Poincaré ball (curvature ``-c``) as ``x = exp0(f)``:
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -94,12 +97,36 @@ class TokenSelection:
     projector: bool = False
 
 
-def unwrap_llava(model: nn.Module) -> nn.Module:
-    """The ``LlavaForConditionalGeneration`` inside a peft wrapper (or the model itself)."""
+@dataclass
+class VisionView:
+    """What the radius reads of a model: its vision tower, the hidden state(s) it feeds the LLM, whether the CLS is
+    dropped before the projector (``default``) or kept (``full``), and the projector on those features."""
+
+    tower: nn.Module
+    feature_layer: int | list[int]
+    select_strategy: str
+    project: Callable[[torch.Tensor], torch.Tensor]
+
+
+def vision_view(model: nn.Module) -> VisionView:
+    """The :class:`VisionView` of a (peft-wrapped) ``LlavaForConditionalGeneration`` or a ``MemVPModel``."""
+    from lit_hyperet.models.memvp.model import MemVPModel  # the tools know the families
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if isinstance(base, MemVPModel):
+        tower = base.vision_tower
+        return VisionView(tower, base.feature_layer, "default", lambda f: base.adapter_proj(tower.post_layernorm(f)))
     if not hasattr(base, "model") or not hasattr(base.model, "vision_tower"):
-        raise TypeError(f"expected a (peft-wrapped) LlavaForConditionalGeneration, got {type(base).__name__}")
-    return base
+        raise TypeError(
+            f"expected a (peft-wrapped) LlavaForConditionalGeneration or a MemVPModel, got {type(base).__name__}"
+        )
+    config = base.config
+    return VisionView(
+        base.model.vision_tower,
+        config.vision_feature_layer,
+        config.vision_feature_select_strategy,
+        base.model.multi_modal_projector,
+    )
 
 
 def num_prefix_tokens(vision_config, seq_len: int) -> int:
@@ -116,9 +143,9 @@ def num_prefix_tokens(vision_config, seq_len: int) -> int:
         return extra
 
 
-def resolved_layer(llava: nn.Module, selection: TokenSelection) -> int | list[int]:
-    """The layer(s) the vision radii use: ``selection.layer`` or the config's ``vision_feature_layer``."""
-    layer = selection.layer if selection.layer is not None else unwrap_llava(llava).config.vision_feature_layer
+def resolved_layer(model: nn.Module, selection: TokenSelection) -> int | list[int]:
+    """The layer(s) the vision radii use: ``selection.layer`` or the layer the model feeds its LLM."""
+    layer = selection.layer if selection.layer is not None else vision_view(model).feature_layer
     return list(layer) if isinstance(layer, (list, tuple)) else int(layer)
 
 
@@ -139,9 +166,8 @@ def interpolates(tower: nn.Module) -> bool:
 @torch.no_grad()
 def token_features(llava: nn.Module, pixel_values: torch.Tensor, selection: TokenSelection) -> dict[str, torch.Tensor]:
     """``{"vision": [N, T, D], "projector": [N, T', D_llm]}`` (projector only when asked) for ``N`` images."""
-    base = unwrap_llava(llava)
-    config = base.config
-    tower = base.model.vision_tower
+    view = vision_view(llava)
+    tower = view.tower
     param = next(tower.parameters())
     # interpolation is the identity at the tower's own resolution; other sizes need it
     extra = {"interpolate_pos_encoding": True} if interpolates(tower) else {}
@@ -149,16 +175,15 @@ def token_features(llava: nn.Module, pixel_values: torch.Tensor, selection: Toke
     out = tower(pixels, output_hidden_states=True, return_dict=True, **extra)
     # Spatial maps (B, H, W, C), as SAM's encoder emits, become H·W tokens in row-major order, as LLaVA reads them.
     hidden = tuple(h.flatten(1, 2) if h.dim() == 4 else h for h in out.hidden_states)
-    selected = _pick(hidden, resolved_layer(base, selection))
-    prefix = num_prefix_tokens(config.vision_config, selected.shape[1])
+    selected = _pick(hidden, resolved_layer(llava, selection))
+    prefix = num_prefix_tokens(tower.config, selected.shape[1])
     patches = selected[:, prefix:]
     if selection.include_cls and prefix >= 1:
         patches = torch.cat([selected[:, :1], patches], dim=1)
     result = {"vision": patches}
     if selection.projector:
-        strategy = config.vision_feature_select_strategy
-        feed = _pick(hidden, resolved_layer(base, TokenSelection()))
-        if strategy == "default":
+        feed = _pick(hidden, resolved_layer(llava, TokenSelection()))
+        if view.select_strategy == "default":
             feed = feed[:, 1:]
-        result["projector"] = base.model.multi_modal_projector(feed)
+        result["projector"] = view.project(feed)
     return result

@@ -6,13 +6,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = str(ROOT / "configs" / "demo.yaml")
+MEMVP_DEMO = str(ROOT / "configs" / "memvp_demo.yaml")
 
 
-def demo_args(tiny_model_dir: Path, demo_data_dir: Path, out: Path) -> list[str]:
-    """Point the demo at the session's tiny model and data, and its outputs at ``out``."""
+def demo_args(tiny_model_dir: Path, demo_data_dir: Path, out: Path, config: str = DEMO) -> list[str]:
+    """Point the demo (``config``: the LLaVA or the MemVP demo) at the session's tiny model and data, and its outputs
+    at ``out``."""
     return [
         "--config",
-        DEMO,
+        config,
         "--model.init_args.model.init_args.path",
         str(tiny_model_dir),
         "--data.init_args.data_dir",

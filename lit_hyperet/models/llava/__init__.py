@@ -17,7 +17,7 @@ register_towers()
 if TYPE_CHECKING:
     from lit_hyperet.models.llava.build import LoraSettings, build_llava, count_parameters, trainable_groups
     from lit_hyperet.models.llava.merge import merge_and_save
-    from lit_hyperet.models.llava.sources import LlavaFromParts, PretrainedLlava, TinyLlava
+    from lit_hyperet.models.llava.sources import LlavaFromParts, LlavaSource, PretrainedLlava, TinyLlava
     from lit_hyperet.models.llava.tiny import make_tiny_model
 
 _WHERE = {
@@ -27,12 +27,14 @@ _WHERE = {
     "trainable_groups": "build",
     "merge_and_save": "merge",
     "LlavaFromParts": "sources",
+    "LlavaSource": "sources",
     "PretrainedLlava": "sources",
     "TinyLlava": "sources",
     "make_tiny_model": "tiny",
 }
 __all__ = [
     "LlavaFromParts",
+    "LlavaSource",
     "LoraSettings",
     "PretrainedLlava",
     "TinyLlava",

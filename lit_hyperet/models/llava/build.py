@@ -12,11 +12,10 @@ from torch import nn
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from lit_hyperet.hyperet import HyperETConfig, apply_hyperet, hyperet_parameters
-from lit_hyperet.models.loading import ModelSource, parameter_counts
+from lit_hyperet.models.loading import ModelSource, NamedParams, parameter_counts
 from lit_hyperet.user_errors import ConfigError
 
 GROUPS = ("hyperet", "projector", "lora")
-NamedParams = list[tuple[str, nn.Parameter]]
 
 
 def _default_lora_targets() -> list[str]:

@@ -7,9 +7,10 @@ classes take plain, type-hinted init args so they read well as ``class_path`` / 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from torch import nn
 from transformers import (
     AddedToken,
     AutoConfig,
@@ -31,8 +32,18 @@ from lit_hyperet.encoders import check_select_strategy, disable_train_augmentati
 from lit_hyperet.models import tiny_configs
 from lit_hyperet.models.llava.tiny import Vision, make_tiny_model
 from lit_hyperet.models.llava.towers import load_image_processor
-from lit_hyperet.models.loading import ModelSource, generate_once, load_complete, require_config, torch_dtype
+from lit_hyperet.models.loading import (
+    LanguageModelSource,
+    NamedParams,
+    generate_once,
+    load_complete,
+    require_config,
+    torch_dtype,
+)
 from lit_hyperet.user_errors import ConfigError
+
+if TYPE_CHECKING:
+    from lit_hyperet.hyperet_config import HyperETConfig
 
 #: Full models (``lit_hyperet.encoders.FULL_MODELS``) whose checkpoints name their vision half's weights otherwise than
 #: the vision model class does -> ``key_mapping`` for ``from_pretrained``. CLIP / SigLIP (``vision_model.``) and SAM
@@ -40,7 +51,27 @@ from lit_hyperet.user_errors import ConfigError
 _VISION_HALF_KEYS = {"blip-2": {r"^vision_model\.": ""}}
 
 
-class PretrainedLlava(ModelSource):
+class LlavaSource(LanguageModelSource):
+    """Base of the LLaVA sources: :func:`~lit_hyperet.models.llava.build.build_llava` builds their trainable model."""
+
+    def build(
+        self,
+        hyperet: HyperETConfig | None = None,
+        train_projector: bool = True,
+        lora: Any = None,
+        gradient_checkpointing: bool = False,
+    ) -> nn.Module:
+        from lit_hyperet.models.llava.build import build_llava  # peft is imported only when a model is built
+
+        return build_llava(self, hyperet, train_projector, lora, gradient_checkpointing)
+
+    def trainable_groups(self, model: nn.Module) -> dict[str, NamedParams]:
+        from lit_hyperet.models.llava.build import trainable_groups
+
+        return trainable_groups(model)
+
+
+class PretrainedLlava(LlavaSource):
     """A local Hugging Face LLaVA dir (e.g. a downloaded ``llava-hf/llava-1.5-7b-hf``); no ``trust_remote_code``.
 
     Args:
@@ -105,7 +136,7 @@ class PretrainedLlava(ModelSource):
         }
 
 
-class LlavaFromParts(ModelSource):
+class LlavaFromParts(LlavaSource):
     """A LLaVA assembled from a vision-tower dir, a causal-LM dir and a fresh projector (LLaVA's stage-1 start).
 
     Args:
@@ -258,7 +289,7 @@ class LlavaFromParts(ModelSource):
         }
 
 
-class TinyLlava(ModelSource):
+class TinyLlava(LlavaSource):
     """A generated tiny LLaVA: written by ``make-tiny-model`` code when ``path`` holds no model, then loaded exactly
     like :class:`PretrainedLlava` (``float32``).
 

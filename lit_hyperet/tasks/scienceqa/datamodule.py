@@ -14,8 +14,10 @@ from lit_hyperet.tasks.scienceqa.problems import ScienceQAProblem, load_scienceq
 from lit_hyperet.tasks.scienceqa.prompts import (
     ANSWER_FIRST_OUTPUTS,
     ANSWER_PREFIX,
+    PROMPT_STYLES,
     SINGLE_PRED_PROMPT,
     parse_format,
+    render_memvp_prompt,
     render_prompt,
 )
 from lit_hyperet.user_errors import ConfigError
@@ -31,13 +33,20 @@ def scienceqa_conversation(
     single_pred_prompt: bool = False,
     answer_prefix: str = "",
     source: str = "",
+    prompt_style: str = "llava",
 ) -> Conversation:
     """One problem as a single-turn conversation (user: the IN text, assistant: the OUT text) with metric meta.
 
-    The image (if any) is referenced, not opened; the encoder puts ``<image>\\n`` first in the user turn.
+    ``prompt_style``: ``llava`` (LLaVA's converted JSON) or ``memvp`` (MemVP's examples: ``Question: `` kept, the
+    prompt ends with ``Response:``; ``reference_quirks`` does not apply, MemVP keeps the reference's AL / AE).
+    The image (if any) is referenced, not opened; an encoder with an image token puts ``<image>\\n`` first in the user
+    turn.
     ``answer_prefix`` goes into the meta so the metric can complete ``" B."`` to ``"The answer is B."``.
     """
-    user, reply = render_prompt(problem, prompt_format, use_caption, reference_quirks)
+    if prompt_style == "memvp":
+        user, reply = render_memvp_prompt(problem, prompt_format, use_caption)
+    else:
+        user, reply = render_prompt(problem, prompt_format, use_caption, reference_quirks)
     if single_pred_prompt:
         user += SINGLE_PRED_PROMPT
     meta = {**problem.meta(), "answer_prefix": answer_prefix}
@@ -59,7 +68,10 @@ class ScienceQADataModule(ConversationDataModule):
         train_split / val_split / test_split / predict_split: pid_splits names (``None`` = no such stage).
         prompt_format: ``"<IN>-<OUT>"`` (see :mod:`lit_hyperet.tasks.scienceqa.prompts`); ``reference_quirks``
             reproduces the reference code's swapped AL/AE.
-        use_caption: append captions.json captions to the context (text-only baselines).
+        use_caption: append captions.json captions to the context (text-only baselines; MemVP's training: off).
+        eval_use_caption: the same for val / test / predict (``None``: as ``use_caption``; MemVP's evaluation: on).
+        prompt_style: ``"llava"`` (LLaVA's converted ScienceQA JSON, for chat templates) or ``"memvp"`` (MemVP's
+            ``Question: …\\nResponse:`` prompts, for its plain template; ``reference_quirks`` does not apply).
         single_pred_prompt: append LLaVA-1.5's "Answer with the option's letter …" line to the question.
         eval_protocol: ``"answer_prefix"`` (prompt ends with ``ASSISTANT: The answer is``, one new token is read as
             the letter; needs an OUT format starting with the answer) or ``"generate"`` (free generation, parsed with
@@ -85,6 +97,8 @@ class ScienceQADataModule(ConversationDataModule):
         predict_split: str | None = "test",
         prompt_format: str = "QCM-A",
         use_caption: bool = False,
+        eval_use_caption: bool | None = None,
+        prompt_style: Literal["llava", "memvp"] = "llava",
         reference_quirks: bool = False,
         single_pred_prompt: bool = False,
         eval_protocol: Literal["generate", "answer_prefix"] = "answer_prefix",
@@ -99,6 +113,8 @@ class ScienceQADataModule(ConversationDataModule):
         _, out_fmt = parse_format(prompt_format)
         if layout not in ("raw", "parquet"):
             raise ConfigError(f"data.layout must be 'raw' or 'parquet', got {layout!r}")
+        if prompt_style not in PROMPT_STYLES:
+            raise ConfigError(f"data.prompt_style must be one of {', '.join(PROMPT_STYLES)}, got {prompt_style!r}")
         if eval_protocol not in ("generate", "answer_prefix"):
             raise ConfigError(f"data.eval_protocol must be 'generate' or 'answer_prefix', got {eval_protocol!r}")
         if eval_protocol == "answer_prefix" and out_fmt not in ANSWER_FIRST_OUTPUTS:
@@ -110,6 +126,8 @@ class ScienceQADataModule(ConversationDataModule):
         self.splits = {"train": train_split, "val": val_split, "test": test_split, "predict": predict_split}
         self.prompt_format, self.use_caption, self.reference_quirks = prompt_format, use_caption, reference_quirks
         self.single_pred_prompt = single_pred_prompt
+        self.eval_use_caption = use_caption if eval_use_caption is None else eval_use_caption
+        self.prompt_style = prompt_style
         self.eval_protocol = eval_protocol
         self.eval_max_new_tokens = 1 if eval_protocol == "answer_prefix" else None
         self.splits_path, self.captions_path = splits_path, captions_path
@@ -154,9 +172,17 @@ class ScienceQADataModule(ConversationDataModule):
             return None
         prefix = self.answer_prefix if self.eval_protocol == "answer_prefix" and role != "train" else ""
         source = str(self.data_dir / "problems.json") if self.layout == "raw" else str(self.data_dir)
+        caption = self.use_caption if role == "train" else self.eval_use_caption
         return [
             scienceqa_conversation(
-                p, self.prompt_format, self.use_caption, self.reference_quirks, self.single_pred_prompt, prefix, source
+                p,
+                self.prompt_format,
+                caption,
+                self.reference_quirks,
+                self.single_pred_prompt,
+                prefix,
+                source,
+                self.prompt_style,
             )
             for p in problems
         ]

@@ -116,3 +116,27 @@ def render_prompt(
     if reply.startswith("Answer: "):
         reply = reply.replace("Answer: ", "")
     return user, reply
+
+
+#: Prompt styles: LLaVA's converted JSON (:func:`render_prompt`) or MemVP's training examples
+#: (:func:`render_memvp_prompt`).
+PROMPT_STYLES = ("llava", "memvp")
+
+
+def render_memvp_prompt(
+    problem: ScienceQAProblem, prompt_format: str = "QCM-A", use_caption: bool = False
+) -> tuple[str, str]:
+    """``(prompt, reply)`` as MemVP's ``create_training_example`` builds them (``util/base_prompt.py``).
+
+    The prompt keeps its ``Question: `` marker and ends with ``Response:``; the reply follows it directly, e.g.
+    ``("Question: …\\nContext: …\\nOptions: (A) … (B) …\\nResponse:", "The answer is B.")``. Like MemVP: lecture and
+    solution keep literal ``\\n`` sequences, AL / AE are swapped as in the reference code, ``"  "`` becomes ``" "``
+    and both sides are stripped; a trailing empty ``BECAUSE:`` stays (MemVP's removal assigns to an unused name).
+    """
+    in_fmt, out_fmt = parse_format(prompt_format)
+    lecture, solution = problem.lecture.replace("\n", "\\n"), problem.solution.replace("\n", "\\n")
+    context = context_text(problem, use_caption)
+    user = _input_text(in_fmt, problem.question, context, choice_text(problem), lecture, solution)
+    prompt = ("\n" + user + "Response:").replace("  ", " ").strip()
+    reply = _output_text(out_fmt, problem.answer_letter, lecture, solution, reference_quirks=True)
+    return prompt, reply.removeprefix("Answer: ").replace("  ", " ").strip()

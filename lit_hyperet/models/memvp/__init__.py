@@ -1,0 +1,45 @@
+"""The MemVP family (Jie et al., ICML 2024): visual features as extra keys / values of every LLaMA FFN, CLIP MLP
+adapters, no visual tokens and no LoRA, on unmodified transformers models (``reference/memvp.md`` in the docs).
+
+Names are imported lazily, like :mod:`lit_hyperet.models.llava`'s.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lit_hyperet.models.memvp.build import build_memvp, count_parameters, trainable_groups
+    from lit_hyperet.models.memvp.model import MemVPModel
+    from lit_hyperet.models.memvp.sources import MemVPFromParts, MemVPSettings, MemVPSource, TinyMemVP
+    from lit_hyperet.models.memvp.tiny import make_tiny_memvp
+
+_WHERE = {
+    "build_memvp": "build",
+    "count_parameters": "build",
+    "trainable_groups": "build",
+    "MemVPModel": "model",
+    "MemVPFromParts": "sources",
+    "MemVPSettings": "sources",
+    "MemVPSource": "sources",
+    "TinyMemVP": "sources",
+    "make_tiny_memvp": "tiny",
+}
+__all__ = [
+    "MemVPFromParts",
+    "MemVPModel",
+    "MemVPSettings",
+    "MemVPSource",
+    "TinyMemVP",
+    "build_memvp",
+    "count_parameters",
+    "make_tiny_memvp",
+    "trainable_groups",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'lit_hyperet.models.memvp' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"lit_hyperet.models.memvp.{_WHERE[name]}"), name)
