@@ -112,10 +112,10 @@ def build_report(sweep: Sweep, trials: list[Trial], study: optuna.Study, client:
         table["variant"] = table["variant"].mask(table["baseline"] & table["variant"].isna(), "baseline (no HyperET)")
     table["trainable"] = param("params/trainable")
     done = runs[runs["state"] == "COMPLETE"]
-    names = [*metrics, DEVIATION, CLAMP]
+    names = [*metrics, DEVIATION, CLAMP] if uses_hyperet else metrics  # HyperET diagnostics where it is used
     values = done.reindex(columns=[f"metrics.{m}" for m in names]).set_axis(names, axis=1)
     grouped = values.apply(pd.to_numeric, errors="coerce").groupby(done["params_config"])
-    means = grouped.mean().assign(**{DEVIATION: grouped[DEVIATION].max()})
+    means = grouped.mean().assign(**({DEVIATION: grouped[DEVIATION].max()} if uses_hyperet else {}))
     table = table.join(means.add_suffix(" mean")).join(grouped.std().mask(grouped.count() == 1, 0.0).add_suffix(" std"))
     if table["baseline"].any():  # Δ against the baseline of the same encoder, else the first baseline
         bases = table.index[table["baseline"]]

@@ -38,7 +38,7 @@ class SweepError(UserError):
 
 @dataclass
 class Sweep:
-    """A parsed sweep file (see the module docstring for the format)."""
+    """A parsed sweep file (the format: the README's "Sweeps and ablations")."""
 
     path: Path
     name: str

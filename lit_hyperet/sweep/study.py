@@ -7,6 +7,7 @@ is failed and queued again). SIGTERM or Ctrl-C stops the trials' process groups 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import json
 import os
@@ -18,7 +19,6 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,16 +134,6 @@ class Interrupted(Exception):
     """The sweep was stopped by a signal while trials ran."""
 
 
-def _die_with_parent() -> Callable[[], Any] | None:
-    """Linux: a ``preexec_fn`` having the kernel SIGKILL the trial when its sweep ends (even by SIGKILL)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return lambda: prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
-
-
 def _signal_group(proc: subprocess.Popen, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
@@ -164,7 +154,9 @@ class Runner:
         self.env |= {STORAGE_ENV: storage, STUDY_ENV: study.study_name}
         self.procs: set[subprocess.Popen] = set()
         self.stopping, self.signum, self.failed = 0, 0, False
-        self.preexec = _die_with_parent()
+        # Linux: the kernel SIGKILLs a trial when the thread that started it ends, also with a sweep killed by SIGKILL
+        prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None  # before forks
+        self.preexec = (lambda: prctl(1, int(signal.SIGKILL))) if prctl else None  # 1 = PR_SET_PDEATHSIG
 
     def run(self) -> int:
         """Run until the queue is empty; returns the exit code (1 when a trial failed, 128 + signal when stopped)."""
