@@ -134,9 +134,6 @@ def build_report(sweep: Sweep, trials: list[Trial], study: optuna.Study, client:
     return Report(sweep, parent, table.reset_index(drop=True), columns, metrics, main)
 
 
-# ------------------------------------------------------------------------------------------------ formatting
-
-
 def is_accuracy(name: str) -> bool:
     """A ScienceQA accuracy or exact match (``test/Avg``, ``val/exact_match``): two decimals, else 4 digits."""
     split, _, category = name.partition("/")

@@ -107,9 +107,6 @@ def slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", cli_value(value)).strip("_")[:40] or "_"
 
 
-# ------------------------------------------------------------------------------------------------ loading
-
-
 def _error(path: Path, key: str, message: str) -> SweepError:
     return SweepError(f"sweep {path}: {key}: {message}")
 
@@ -243,9 +240,6 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = (), extra_configs: I
     return Sweep(path=path, **{f.name: v[f.name] for f in fields(Sweep) if f.name != "path"})
 
 
-# ------------------------------------------------------------------------------------------------ expansion
-
-
 def _named(value: Any) -> Any:
     return value[NAME_KEY] if isinstance(value, dict) and NAME_KEY in value else value
 
@@ -352,9 +346,6 @@ def expand(sweep: Sweep) -> list[Trial]:
         named = {k: _named(v) for k, v in values.items()}
         trials.append(Trial(len(trials), name, config, seed, named, tuple(configs), tuple(pairs), out, order[config]))
     return trials
-
-
-# ------------------------------------------------------------------------------------------------ commands
 
 
 def axis_tags(trial: Trial) -> dict[str, str]:

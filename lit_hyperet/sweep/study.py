@@ -123,9 +123,6 @@ def waiting(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
 
 
-# ------------------------------------------------------------------------------------------------ workers
-
-
 class TrialFailed(Exception):
     """A stage of a trial failed (Optuna records the trial as failed and the sweep goes on)."""
 
