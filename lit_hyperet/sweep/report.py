@@ -218,22 +218,17 @@ def chart_figure(report: Report) -> Figure:
     return fig
 
 
-def write_report(report: Report, out_dir: Path, client: MlflowClient | None = None) -> list[Path]:
-    """Write ``ablation.md``, ``.csv`` and ``.png`` into ``out_dir`` and log them to the parent run."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "ablation.md", out_dir / "ablation.csv", out_dir / "ablation.png"]
-    paths[0].write_text(to_markdown(report))
-    report.table.to_csv(paths[1], index=False)
-    chart_figure(report).savefig(paths[2], dpi=120)
-    for path in paths if client is not None and report.parent_id is not None else ():
-        client.log_artifact(report.parent_id, str(path))
-    return paths
-
-
 def report(sweep: Sweep, trials: list[Trial], study: optuna.Study, client: MlflowClient) -> int:
-    """Build, write and log the ablation table and print its summary; exit code 0."""
-    table = build_report(sweep, trials, study, client)
-    paths = write_report(table, Path(sweep.output_dir), client)
-    print(console_table(table))
-    print("wrote " + ", ".join(map(str, paths)) + f" (logged to parent run {table.parent_id})", flush=True)
+    """Write the ablation table as ``ablation.md``, ``.csv`` and ``.png`` into the sweep's output dir, log them to the
+    parent run and print a summary; exit code 0."""
+    result, out_dir = build_report(sweep, trials, study, client), Path(sweep.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"ablation.{ext}" for ext in ("md", "csv", "png")]
+    paths[0].write_text(to_markdown(result))
+    result.table.to_csv(paths[1], index=False)
+    chart_figure(result).savefig(paths[2], dpi=120)
+    for path in paths if result.parent_id is not None else ():
+        client.log_artifact(result.parent_id, str(path))
+    print(console_table(result))
+    print("wrote " + ", ".join(map(str, paths)) + f" (logged to parent run {result.parent_id})", flush=True)
     return 0

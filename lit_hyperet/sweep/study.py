@@ -145,6 +145,7 @@ class Runner:
         self.sweep, self.study, self.client, self.jobs = sweep, study, client, jobs
         self.by_point = {(t.config_name, t.seed): t for t in trials}
         self.parent_id = study.user_attrs[PARENT_ATTR]
+        self.experiment_id = client.get_run(self.parent_id).info.experiment_id
         threads = str(max(1, (os.cpu_count() or 1) // jobs))
         self.env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} | dict(os.environ) | sweep.env
         self.env |= {"MLFLOW_TRACKING_URI": client.tracking_uri, "PYTHONUNBUFFERED": "1"}
@@ -199,8 +200,7 @@ class Runner:
         }
         tags |= {"sweep.name": self.sweep.name, "sweep.study": self.study.study_name, "sweep.config": trial.config_name}
         tags |= {"sweep.seed": "" if trial.seed is None else str(trial.seed), "optuna.trial_number": str(ot.number)}
-        experiment = self.client.get_run(self.parent_id).info.experiment_id
-        run_id = self.client.create_run(experiment, run_name=trial.name, tags=tags).info.run_id
+        run_id = self.client.create_run(self.experiment_id, run_name=trial.name, tags=tags).info.run_id
         for name, value in {"mlflow_run_id": run_id, "trial_name": trial.name, "output_dir": trial.output_dir}.items():
             ot.set_user_attr(name, value)
         prefix = f"[{trial.index + 1}/{len(self.by_point)}] {trial.name} (trial {ot.number})"
