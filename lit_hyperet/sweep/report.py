@@ -1,49 +1,47 @@
-"""The ablation table of a sweep, built with pandas from the study (``study.trials_dataframe()``) and its MLflow child
-runs (``mlflow.search_runs``): ``ablation.md``, ``ablation.csv`` and ``ablation.png``, logged to the parent run.
+"""The ablation table of a sweep from its study (``study.trials_dataframe()``) and MLflow runs (``mlflow.search_runs``),
+built with pandas: ``ablation.md``, ``ablation.csv`` and ``ablation.png``, logged to the parent run.
 
-One row per configuration (seeds grouped): variant, band width, block size and count, space, encoder, n (logged by
-the run), the exact HyperET and trainable parameter counts, Δparams against the baseline (the configuration without
-HyperET, same encoder where there is one), every ``val/*`` and ``test/*`` metric as mean ± sample std over the
-completed seeds, Δ of the main metric, the HyperET diagnostics, and how many seeds completed, were pruned or failed.
-Pruned and failed trials are counted but left out of the means. Accuracies are logged in percent and shown with two
-decimals, other metrics (retrieval recall, radius statistics) with four significant digits.
+One row per configuration (seeds grouped): the sweep's axis values; where the runs use HyperET, its variant, band width
+d, block size and count, space, the encoder, n, the adapted modules and the exact parameter count; trainable parameters
+and Δ against the baseline (no HyperET, same encoder where there is one); every ``val/*`` and ``test/*`` metric as mean
+± sample std over the completed seeds (pruned and failed trials are counted, not averaged) and the HyperET diagnostics.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import mlflow
+import optuna
 import pandas as pd
+from matplotlib.figure import Figure
+from mlflow import MlflowClient
 
-from lit_hyperet.sweep.spec import NAME_KEY, Sweep, Trial, cli_value
+from lit_hyperet.sweep.spec import CONFIG_KEY, NAME_KEY, Sweep, Trial, aliases, cli_value, slug
 from lit_hyperet.sweep.study import PARENT_ATTR
 from lit_hyperet.tables import markdown_table
 from lit_hyperet.tasks.scienceqa.rules import CATEGORIES
 
-if TYPE_CHECKING:
-    import optuna
-    from matplotlib.figure import Figure
-    from mlflow import MlflowClient
-
-SPLITS = ("val", "test")
-DEVIATION, CLAMP = "hyperet/identity_deviation_max", "hyperet/clamp_fraction_mean"
-DASH = "—"
-#: Table column -> the logged run parameter it shows.
-DESCRIBED = {
-    "variant": "hyperet/variant",
-    "d": "hyperet/band_width",
-    "block size": "hyperet/block_size",
-    "blocks": "hyperet/num_blocks",
-    "space": "hyperet/space",
-    "n": "params/hyperet_n",
-    "adapted": "params/hyperet_adapted_modules",
-    "HyperET params": "params/hyperet",
-    "trainable": "params/trainable",
+DEVIATION, CLAMP, DASH = "hyperet/identity_deviation_max", "hyperet/clamp_fraction_mean", "—"
+#: Columns shown where the runs use HyperET -> the run parameters they show (the first one logged).
+HYPERET_COLUMNS = {
+    "variant": ["hyperet/variant"],
+    "d": ["hyperet/band_width"],
+    "block size": ["hyperet/block_size"],
+    "blocks": ["hyperet/num_blocks"],
+    "space": ["hyperet/space"],
+    "encoder": ["model/init_args/vision", "model/init_args/vision_path", "model/init_args/path"],
+    "n": ["params/hyperet_n"],
+    "adapted": ["params/hyperet_adapted_modules"],
+    "HyperET params": ["params/hyperet"],
 }
-ENCODER_PARAMS = ("model/init_args/vision", "model/init_args/vision_path", "model/init_args/path")
-CONSOLE_COLUMNS = ("configuration", "HyperET params", "Δparams", "seeds")
+BASELINE_NOTE = (
+    " Δparams and Δ are against the baseline without HyperET (same encoder where there is one). HyperET params are"
+    " the exact counts the runs logged for the `adapted` n×n matrices."
+)
+COUNTS = {"d": "", "block size": "", "blocks": "", "n": "", "adapted": "", "HyperET params": ",", "trainable": ","}
 
 
 @dataclass
@@ -53,23 +51,19 @@ class Report:
     sweep: Sweep
     parent_id: str | None
     table: pd.DataFrame
+    columns: list[str]  # what tells the configurations apart: axis values, then HyperET where the runs use it
     metrics: list[str]
     main_metric: str | None
-    counts: dict[str, int]
-    labels: dict[str, str]  # configuration -> its chart label
 
 
 def trial_runs(study: optuna.Study, client: MlflowClient) -> pd.DataFrame:
-    """One row per grid point: its latest completed trial, else its latest pruned one, else its latest, joined with
-    that trial's MLflow run (``metrics.*``, ``params.*``, ``tags.*``)."""
-    import mlflow
-
+    """Per grid point its latest completed, else pruned, else any trial, joined with that trial's MLflow run."""
     frame = study.trials_dataframe(attrs=("number", "state", "params", "user_attrs"))
     if frame.empty or "params_config" not in frame:
         return pd.DataFrame(columns=["params_config", "params_seed", "state", "run_id"])
-    frame = frame.dropna(subset=["params_config"])
     frame["rank"] = frame["state"].map({"COMPLETE": 2, "PRUNED": 1}).fillna(0)
-    frame = frame.sort_values(["rank", "number"]).groupby(["params_config", "params_seed"], dropna=False).tail(1)
+    frame = frame.dropna(subset=["params_config"]).sort_values(["rank", "number"])
+    frame = frame.groupby(["params_config", "params_seed"], dropna=False).tail(1)
     frame = frame.rename(columns={"user_attrs_mlflow_run_id": "run_id"})
     parent = study.user_attrs.get(PARENT_ATTR)
     if parent is None or "run_id" not in frame:
@@ -80,132 +74,96 @@ def trial_runs(study: optuna.Study, client: MlflowClient) -> pd.DataFrame:
     return frame.merge(runs, on="run_id", how="left", suffixes=("", "_run")) if not runs.empty else frame
 
 
-def _order(sweep: Sweep, trials: list[Trial]) -> list[str]:
-    """Configurations in grid order (include entries first, then the product in file order)."""
-
-    def key(trial: Trial) -> tuple:
-        values = [trial.values.get(k) for k in sweep.axes]
-        positions = [
-            [v if not isinstance(v, dict) else v.get(NAME_KEY) for v in sweep.axes[k]].index(value)
-            if value in [v if not isinstance(v, dict) else v.get(NAME_KEY) for v in sweep.axes[k]]
-            else -1
-            for k, value in zip(sweep.axes, values, strict=True)
-        ]
-        return (NAME_KEY not in trial.values, positions)
-
-    return list(dict.fromkeys(t.config_name for t in sorted(trials, key=key)))
-
-
-def _param(rows: pd.DataFrame, name: str) -> Any:
-    values = rows.get(f"params.{name}", pd.Series(dtype=object)).dropna()
-    values = values[~values.isin(["None", ""])]
-    if values.empty:
-        return None
-    value = values.iloc[0]
+def _number(value: Any) -> Any:
     try:
         return int(float(value))
-    except ValueError:
+    except (TypeError, ValueError):
         return value
 
 
 def build_report(sweep: Sweep, trials: list[Trial], study: optuna.Study, client: MlflowClient) -> Report:
-    """The ablation table of the study's grid."""
-    joined = trial_runs(study, client)
-    metrics = [c.removeprefix("metrics.") for c in joined if c.startswith("metrics.")]
-    metrics = sorted((m for m in metrics if m.split("/")[0] in SPLITS and m.count("/") == 1), key=_metric_key)
+    """The ablation table of the study's grid, configurations in file order."""
+    runs = trial_runs(study, client).sort_values("state", key=lambda s: s != "COMPLETE", kind="stable")
+    metrics = [c.removeprefix("metrics.") for c in runs.filter(regex=r"^metrics\.(val|test)/[^/]+$")]
+    metrics = sorted(metrics, key=lambda m: (m.startswith("val"), m.partition("/")[2] != "Avg", m))
     main = sweep.metric or next((m for m in ("test/Avg", "val/Avg") if m in metrics), None)
-    rows = []
-    for config in _order(sweep, trials):
-        group = joined[joined["params_config"] == config]
-        done = group[group["state"] == "COMPLETE"]
-        described = done if not done.empty else group
-        row: dict[str, Any] = {"configuration": config}
-        row |= {column: _param(described, name) for column, name in DESCRIBED.items()}
-        row["baseline"] = bool(described.get("params.hyperet", pd.Series(dtype=object)).eq("None").any())
-        row["variant"] = "baseline (no HyperET)" if row["baseline"] else row["variant"]
-        row["encoder"] = next((v for v in (_param(described, p) for p in ENCODER_PARAMS) if v is not None), None)
-        row["encoder"] = str(row["encoder"]).rsplit("/", 1)[-1] if row["encoder"] is not None else None
-        for metric in [*metrics, DEVIATION, CLAMP]:
-            values = pd.to_numeric(done.get(f"metrics.{metric}", pd.Series(dtype=float)), errors="coerce").dropna()
-            row[f"{metric} mean"] = values.max() if metric == DEVIATION else values.mean()
-            row[f"{metric} std"] = values.std() if len(values) > 1 else 0.0 if len(values) else None
-        total = sum(1 for t in trials if t.config_name == config)
-        for state, column in (("COMPLETE", "completed"), ("PRUNED", "pruned"), ("FAIL", "failed")):
-            row[column] = int((group["state"] == state).sum())
-        row["seeds total"] = total
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    _deltas(table, main)
-    counts = {c: int(table[c].sum()) for c in ("completed", "pruned", "failed")} if len(table) else {}
-    counts["trials"] = len(trials)
-    labels = {t.config_name: _label(t) for t in trials}
-    return Report(sweep, study.user_attrs.get(PARENT_ATTR), table, metrics, main, counts, labels)
+    configs = {t.config_name: t for t in sorted(trials, key=lambda t: t.order)}
+    table = pd.DataFrame({"configuration": list(configs)}, index=list(configs))
+    params = runs.filter(like="params.")
+    described = params.mask(params.isin(["None", ""])).groupby(runs["params_config"]).first().reindex(table.index)
 
+    def param(*names: str) -> pd.Series:  # the first of these a run of the configuration logged, completed runs first
+        return described.reindex(columns=[f"params.{n}" for n in names]).bfill(axis=1).iloc[:, 0].map(_number)
 
-def _metric_key(name: str) -> tuple:
-    split, _, category = name.partition("/")
-    return (SPLITS[::-1].index(split), category != "Avg", name)
-
-
-def _deltas(table: pd.DataFrame, main: str | None) -> None:
-    """Δparams and Δ of the main metric against the baseline of the same encoder (else the first baseline)."""
-    table["Δparams"] = table["Δ main"] = None
-    bases = table[table.get("baseline", pd.Series(dtype=bool)) == True]  # noqa: E712 - pandas element-wise
-    for index, row in table.iterrows():
-        same = bases[bases["encoder"] == row["encoder"]]
-        base = (same if not same.empty else bases).head(1)
-        if base.empty:
-            continue
-        if pd.notna(row["trainable"]) and pd.notna(base["trainable"].iloc[0]):
-            table.at[index, "Δparams"] = int(row["trainable"]) - int(base["trainable"].iloc[0])
-        if main and pd.notna(row.get(f"{main} mean")) and pd.notna(base[f"{main} mean"].iloc[0]):
-            table.at[index, "Δ main"] = row[f"{main} mean"] - base[f"{main} mean"].iloc[0]
-
-
-# ------------------------------------------------------------------------------------------------ formatting
-
-
-def _fmt(value: Any, spec: str = "") -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return DASH
-    return format(value, spec) if spec else str(value)
+    uses_hyperet = bool(param("hyperet/variant").notna().any())
+    no_hyperet = params.reindex(columns=["params.hyperet"]).eq("None").groupby(runs["params_config"]).any()
+    table["baseline"] = no_hyperet["params.hyperet"].reindex(table.index, fill_value=False).astype(bool) & uses_hyperet
+    # An axis that a shown HyperET column describes (model.init_args.hyperet.variant: variant) goes into that column.
+    shown_in = {n.replace("/", "."): c for c, names in HYPERET_COLUMNS.items() for n in names} if uses_hyperet else {}
+    for key, short in aliases(sweep.axes).items():
+        show = slug if key == CONFIG_KEY else cli_value
+        column = next((c for name, c in shown_in.items() if key.endswith(f".{name}")), short)
+        table[column] = [show(t.values[key]) if key in t.values else None for t in configs.values()]
+    for column, names in HYPERET_COLUMNS.items() if uses_hyperet else ():  # what the axes leave open, as logged
+        logged = param(*names).map(lambda v: v.rsplit("/", 1)[-1] if isinstance(v, str) else v)  # encoder dirs
+        table[column] = table[column].fillna(logged) if column in table else logged
+    columns = [c for c in table if c not in ("configuration", "baseline")]
+    if uses_hyperet:
+        table["variant"] = table["variant"].mask(table["baseline"] & table["variant"].isna(), "baseline (no HyperET)")
+    table["trainable"] = param("params/trainable")
+    done = runs[runs["state"] == "COMPLETE"]
+    names = [*metrics, DEVIATION, CLAMP] if uses_hyperet else metrics  # HyperET diagnostics where it is used
+    values = done.reindex(columns=[f"metrics.{m}" for m in names]).set_axis(names, axis=1)
+    grouped = values.apply(pd.to_numeric, errors="coerce").groupby(done["params_config"])
+    means = grouped.mean().assign(**({DEVIATION: grouped[DEVIATION].max()} if uses_hyperet else {}))
+    table = table.join(means.add_suffix(" mean")).join(grouped.std().mask(grouped.count() == 1, 0.0).add_suffix(" std"))
+    if table["baseline"].any():  # Δ against the baseline of the same encoder, else the first baseline
+        bases = table.index[table["baseline"]]
+        base_of = {encoder: c for c, encoder in table.loc[bases[::-1], "encoder"].astype(str).items()}
+        refs = [base_of.get(encoder, bases[0]) for encoder in table["encoder"].astype(str)]
+        table["Δparams"] = table["trainable"].to_numpy() - table.loc[refs, "trainable"].to_numpy()
+        if f"{main} mean" in table:
+            table["Δ main"] = table[f"{main} mean"].to_numpy() - table.loc[refs, f"{main} mean"].to_numpy()
+    states = pd.crosstab(runs["params_config"], runs["state"]).reindex(table.index, fill_value=0)
+    for state, column in (("COMPLETE", "completed"), ("PRUNED", "pruned"), ("FAIL", "failed")):
+        table[column] = states.get(state, 0)
+    table["seeds total"] = pd.Series([t.config_name for t in trials]).value_counts()
+    labels = {c: " · ".join(map(cli_value, t.values.values())) for c, t in configs.items() if t.values}
+    table["label"] = [c if NAME_KEY in configs[c].values else labels.get(c, c) for c in configs]
+    parent = study.user_attrs.get(PARENT_ATTR)
+    return Report(sweep, parent, table.reset_index(drop=True), columns, metrics, main)
 
 
 def is_accuracy(name: str) -> bool:
-    """A ScienceQA accuracy or exact match (``test/Avg``, ``val/NAT``, ``val/exact_match``): shown with two decimals,
-    other metrics with four significant digits."""
+    """A ScienceQA accuracy or exact match (``test/Avg``, ``val/exact_match``): two decimals, else 4 digits."""
     split, _, category = name.partition("/")
-    return split in SPLITS and (category in CATEGORIES or category == "exact_match")
+    return split in ("val", "test") and (category in CATEGORIES or category == "exact_match")
 
 
-def _stat(metric: str, mean: Any, std: Any) -> str:
-    """``mean ± std`` as logged (accuracies in percent); no ± for one seed."""
-    if mean is None or pd.isna(mean):
+def _cell(value: Any, spec: str = "", count: bool = False) -> str:
+    """``—`` for a missing value, a string as it is, a count as an integer (no sign or separator for 0)."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
         return DASH
-    spec = ".2f" if is_accuracy(metric) else ".4g"
-    return f"{mean:{spec}} ± {std:{spec}}" if std else f"{mean:{spec}}"
+    return (
+        value if isinstance(value, str) else format(int(value), spec if value else "") if count else format(value, spec)
+    )
 
 
 def formatted(report: Report) -> pd.DataFrame:
     """The markdown table's cells."""
-    t = report.table
-    out = pd.DataFrame({"configuration": t["configuration"]})
-    for column in ("variant", "space", "encoder"):
-        out[column] = t[column].map(_fmt)
-    for column, spec in {"d": "", "block size": "", "blocks": "", "n": "", "adapted": "", "Δparams": "+,"}.items():
-        out[column] = t[column].map(lambda v, spec=spec: _fmt(None if pd.isna(v) else int(v), spec if v else ""))
-    for column in ("HyperET params", "trainable"):
-        out[column] = t[column].map(lambda v: _fmt(None if pd.isna(v) else int(v), ","))
-    for metric in report.metrics:
-        out[metric] = [_stat(metric, m, s) for m, s in zip(t[f"{metric} mean"], t[f"{metric} std"], strict=True)]
-    head = ["configuration", "variant", "d", "block size", "blocks", "space", "encoder", "n", "adapted"]
-    head += ["HyperET params", "trainable", "Δparams"]
-    out = out[head + [c for c in out if c not in head]]
-    if report.main_metric:
-        spec = "+.2f" if is_accuracy(report.main_metric) else "+.4g"
-        out[f"Δ {report.main_metric}"] = t["Δ main"].map(lambda v: _fmt(v, spec))
-    out["identity dev. (max)"] = t[f"{DEVIATION} mean"].map(lambda v: _fmt(v, ".2g"))
-    out["clamp fraction"] = t[f"{CLAMP} mean"].map(lambda v: _fmt(v, ".2g"))
+    t, main = report.table, report.main_metric
+    counts = COUNTS | {"Δparams": "+,"}
+    columns = [c for c in ["configuration", *report.columns, "trainable", "Δparams"] if c in t]
+    out = pd.DataFrame({c: [_cell(v, counts.get(c, ""), c in counts) for v in t[c]] for c in columns})
+    for metric in report.metrics:  # mean ± std as logged (accuracies in percent), no ± for one seed
+        spec = ".2f" if is_accuracy(metric) else ".4g"
+        pairs = zip(t[f"{metric} mean"], t[f"{metric} std"], strict=True)
+        out[metric] = [DASH if pd.isna(m) else f"{m:{spec}} ± {s:{spec}}" if s else f"{m:{spec}}" for m, s in pairs]
+    if "Δ main" in t:
+        out[f"Δ {main}"] = [_cell(v, "+.2f" if is_accuracy(main) else "+.4g") for v in t["Δ main"]]
+    if "HyperET params" in report.columns:  # the runs use HyperET
+        out["identity dev. (max)"] = [_cell(v, ".2g") for v in t[f"{DEVIATION} mean"]]
+        out["clamp fraction"] = [_cell(v, ".2g") for v in t[f"{CLAMP} mean"]]
     out["seeds"] = [
         f"{c}/{n}" + (f" ({p} pruned)" if p else "") + (f" ({f} failed)" if f else "")
         for c, n, p, f in zip(t["completed"], t["seeds total"], t["pruned"], t["failed"], strict=True)
@@ -215,16 +173,15 @@ def formatted(report: Report) -> pd.DataFrame:
 
 def to_markdown(report: Report) -> str:
     """The table with a short header explaining units and conventions."""
-    c = report.counts
+    sweep, t = report.sweep, report.table
     lines = [
-        f"# Ablation: {report.sweep.name}",
+        f"# Ablation: {sweep.name}",
         "",
-        f"Sweep `{report.sweep.path}`, MLflow experiment `{report.sweep.experiment}`, parent run `{report.parent_id}`: "
-        f"{c['trials']} trials, {c.get('completed', 0)} completed, {c.get('pruned', 0)} pruned, "
-        f"{c.get('failed', 0)} failed (pruned and failed ones are left out of the means).",
-        f"Main metric: `{report.main_metric}`. Metrics in % as logged, mean ± sample std over the completed seeds. "
-        "Δparams and Δ are against the baseline without HyperET (same encoder where there is one). HyperET params "
-        "are the exact counts the runs logged for the `adapted` n×n matrices.",
+        f"Sweep `{sweep.path}`, MLflow experiment `{sweep.experiment}`, parent run `{report.parent_id}`: "
+        f"{t['seeds total'].sum()} trials, {t['completed'].sum()} completed, {t['pruned'].sum()} pruned, "
+        f"{t['failed'].sum()} failed (pruned and failed ones are left out of the means).",
+        f"Main metric: `{report.main_metric}`. Metrics as logged (accuracies in %), mean ± sample std over the "
+        "completed seeds." + (BASELINE_NOTE if "Δparams" in t else ""),
         "",
         markdown_table(formatted(report)),
     ]
@@ -232,32 +189,25 @@ def to_markdown(report: Report) -> str:
 
 
 def console_table(report: Report, width: int = 120) -> str:
-    """A summary that fits ``width`` columns: the configuration, counts, the main metric (the full table is in the
-    files)."""
+    """A summary fitting ``width`` columns: configuration, counts, the main metric (the full table is in the files)."""
     cells = formatted(report)
-    columns = [*CONSOLE_COLUMNS, *([report.main_metric, f"Δ {report.main_metric}"] if report.main_metric else [])]
-    cells = cells[[c for c in columns if c in cells]].copy()
+    main = [report.main_metric, f"Δ {report.main_metric}"] if report.main_metric else []
+    cells = cells[[c for c in ["configuration", "HyperET params", "Δparams", "seeds", *main] if c in cells]].copy()
     budget = width - sum(max(len(c), cells[c].str.len().max()) + 3 for c in cells.columns[1:]) - 4
     cells["configuration"] = cells["configuration"].map(lambda s: s if len(s) <= budget else s[: budget - 1] + "…")
     return markdown_table(cells)
 
 
 def chart_figure(report: Report) -> Figure:
-    """A horizontal bar chart of the main metric per configuration, from zero, with std error bars (Agg backend)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    metric = report.main_metric
-    t = report.table
-    t = t[t[f"{metric} mean"].notna()] if metric and f"{metric} mean" in t else t.iloc[0:0]
+    """A horizontal bar chart of the main metric per configuration, from zero, with std error bars."""
+    metric, t = report.main_metric, report.table
+    t = t[t[f"{metric} mean"].notna()] if f"{metric} mean" in t else t.iloc[0:0]
     fig = Figure(figsize=(8, 1.4 + 0.35 * max(len(t), 1)), layout="constrained")
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     if len(t):
-        labels = [report.labels.get(name, name) for name in t["configuration"]]
-        colors = ["0.6" if b else "tab:blue" for b in t["baseline"]]
+        colors = ["0.6" if baseline else "tab:blue" for baseline in t["baseline"]]
         ax.barh(range(len(t)), t[f"{metric} mean"], xerr=t[f"{metric} std"].fillna(0), color=colors, capsize=3)
-        ax.set_yticks(range(len(t)), labels, fontsize=8)
+        ax.set_yticks(range(len(t)), t["label"], fontsize=8)
         ax.invert_yaxis()
         ax.set_xlim(left=0)
     else:
@@ -268,22 +218,17 @@ def chart_figure(report: Report) -> Figure:
     return fig
 
 
-def _label(trial: Trial) -> str:
-    """A configuration's axis values without their keys (``banded · hyperbolic``); include entries by name."""
-    if NAME_KEY in trial.values or not trial.values:
-        return trial.config_name
-    return " · ".join(cli_value(v) for v in trial.values.values())
-
-
-def write_report(report: Report, out_dir: Path, client: MlflowClient | None = None) -> list[Path]:
-    """Write ``ablation.md``, ``ablation.csv`` and ``ablation.png`` into ``out_dir`` (and log them to the parent
-    run); returns their paths."""
+def report(sweep: Sweep, trials: list[Trial], study: optuna.Study, client: MlflowClient) -> int:
+    """Write the ablation table as ``ablation.md``, ``.csv`` and ``.png`` into the sweep's output dir, log them to the
+    parent run and print a summary; exit code 0."""
+    result, out_dir = build_report(sweep, trials, study, client), Path(sweep.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    md, csv, png = out_dir / "ablation.md", out_dir / "ablation.csv", out_dir / "ablation.png"
-    md.write_text(to_markdown(report))
-    report.table.to_csv(csv, index=False)
-    chart_figure(report).savefig(png, dpi=120)
-    if client is not None and report.parent_id is not None:
-        for path in (md, csv, png):
-            client.log_artifact(report.parent_id, str(path))
-    return [md, csv, png]
+    paths = [out_dir / f"ablation.{ext}" for ext in ("md", "csv", "png")]
+    paths[0].write_text(to_markdown(result))
+    result.table.to_csv(paths[1], index=False)
+    chart_figure(result).savefig(paths[2], dpi=120)
+    for path in paths if result.parent_id is not None else ():
+        client.log_artifact(result.parent_id, str(path))
+    print(console_table(result))
+    print("wrote " + ", ".join(map(str, paths)) + f" (logged to parent run {result.parent_id})", flush=True)
+    return 0

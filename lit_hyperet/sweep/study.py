@@ -1,139 +1,98 @@
-"""The Optuna study of a sweep: its storage, the grid, and the queue of trials still to run.
-
-The grid is a :class:`~optuna.samplers.GridSampler` over ``config`` (the configuration names) × ``seed``. Trials are
-queued (``enqueue_trial``) in the sweep's spread-out order, and workers take them from the queue, which the storage
-hands out once each: two workers never run the same grid point. A point counts as done when a trial of it completed
-or was pruned; a failed point is queued again by the next ``sweep FILE`` run. On RDB storages a worker's heartbeat
-marks its running trials; a trial whose worker died (SIGKILL, a lost node) is failed and queued again by the first
-worker that notices (``RetryHeartbeatStaleTrialCallback``).
+"""The Optuna study of a sweep (storage, ``GridSampler``, the queue of trials) and the workers running its trials: each
+a ``python -m lit_hyperet fit`` (then ``test``) subprocess logging into an MLflow child run of the parent run,
+``--jobs N`` at once through ``study.optimize``, which keeps the heartbeat of RDB storages (a trial whose worker died
+is failed and queued again). SIGTERM or Ctrl-C stops the trials' process groups and records them as failed / killed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import fcntl
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from lit_hyperet.sweep.spec import Sweep, SweepError, Trial, definition_digest
+import optuna
+from mlflow import MlflowClient
 
-if TYPE_CHECKING:
-    import optuna
+from lit_hyperet.sweep.spec import Sweep, SweepError, Trial, axis_tags, command_line, definition_digest
 
 CONFIG_PARAM, SEED_PARAM = "config", "seed"
-#: Study user attribute holding the MLflow parent run of the sweep.
-PARENT_ATTR = "mlflow_parent_run_id"
-JOURNAL_PREFIX = "journal:"
-DONE = ("COMPLETE", "PRUNED")
-ACTIVE = ("RUNNING", "WAITING")
+PARENT_ATTR, PRUNED_ATTR = "mlflow_parent_run_id", "pruned_at_step"  # study and trial user attributes
+# the pruning callback inside a trial finds its Optuna trial through these
+STORAGE_ENV, STUDY_ENV, TRIAL_ENV = "LIT_HYPERET_SWEEP_STORAGE", "LIT_HYPERET_SWEEP_STUDY", "LIT_HYPERET_SWEEP_TRIAL"
+STOP_GRACE_S = 20.0
 
 
 def default_storage(mlflow_uri: str) -> str:
     """``sqlite:///…/optuna.db`` beside a sqlite MLflow store, else ``sqlite:///optuna.db`` in the working dir."""
-    if mlflow_uri.startswith("sqlite:///"):
-        return "sqlite:///" + str(Path(mlflow_uri.removeprefix("sqlite:///")).with_name("optuna.db"))
-    return "sqlite:///optuna.db"
+    database = mlflow_uri.removeprefix("sqlite:///") if mlflow_uri.startswith("sqlite:///") else "mlflow.db"
+    return "sqlite:///" + str(Path(database).with_name("optuna.db"))
+
+
+class LockedSQLiteStorage(optuna.storages.RDBStorage):
+    """sqlite storage taking trials under a file lock: PostgreSQL locks the row of a queued trial it hands out
+    (``SELECT … FOR UPDATE``), sqlite does not, so two workers could take the same trial (needs a local disk)."""
+
+    def set_trial_state_values(self, trial_id: int, state: Any, values: Any = None) -> bool:
+        with open(self.url.removeprefix("sqlite:///") + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            return super().set_trial_state_values(trial_id, state, values)
 
 
 def open_storage(url: str, heartbeat: float | None = None) -> optuna.storages.BaseStorage:
-    """``journal:PATH`` (a journal file on a shared filesystem) or an SQLAlchemy URL (sqlite, PostgreSQL, …); RDB
-    storages get a heartbeat every ``heartbeat`` seconds (trials silent for twice that are failed and retried)."""
-    import optuna
-
-    if url.startswith(JOURNAL_PREFIX):
-        path = url.removeprefix(JOURNAL_PREFIX)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+    """``journal:PATH`` or an SQLAlchemy URL; RDB storages get a heartbeat every ``heartbeat`` seconds."""
+    if url.startswith("journal:"):
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url.removeprefix("journal:")))
     sqlite = url.startswith("sqlite:///")
-    engine: dict[str, Any] = {"connect_args": {"timeout": 60}} if sqlite else {}
     try:
         with warnings.catch_warnings():  # heartbeats are marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return (_locked_sqlite_storage() if sqlite else optuna.storages.RDBStorage)(
-                url,
-                engine_kwargs=engine,
-                heartbeat_interval=max(1, round(heartbeat)) if heartbeat else None,
-                grace_period=max(2, round(2 * heartbeat)) if heartbeat else None,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback()
-                if heartbeat
-                else None,
-            )
+            beat = {}
+            if heartbeat:
+                beat = {"heartbeat_interval": max(1, round(heartbeat)), "grace_period": max(2, round(2 * heartbeat))}
+                beat["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback()
+            engine = {"connect_args": {"timeout": 60}} if sqlite else {}
+            return (LockedSQLiteStorage if sqlite else optuna.storages.RDBStorage)(url, engine_kwargs=engine, **beat)
     except Exception as err:  # noqa: BLE001 - sqlalchemy's many errors for a URL it cannot use
         raise SweepError(f"--storage {url}: cannot open the Optuna storage: {err}") from err
 
 
-def _locked_sqlite_storage() -> type:
-    import optuna
+class QueuedGridSampler(optuna.samplers.GridSampler):
+    """The grid, handed out by the queue: ``GridSampler.after_trial`` would stop the study once every point was tried
+    (failed points are queued again) and expects a grid id queued trials lack; the sweep stops on an empty queue."""
 
-    class LockedSQLiteStorage(optuna.storages.RDBStorage):
-        """RDBStorage whose trial state changes hold an exclusive lock on a file beside the sqlite database.
-
-        Taking a queued trial reads its state and sets it to RUNNING; PostgreSQL and MySQL lock the row (``SELECT …
-        FOR UPDATE``), sqlite does not, so two workers could both take the same trial. The lock makes the change
-        atomic for every worker on this machine (the lock, like sqlite itself, needs a local filesystem).
-        """
-
-        def set_trial_state_values(self, trial_id: int, state: Any, values: Any = None) -> bool:
-            database = Path(self.url.removeprefix("sqlite:///"))
-            with open(database.with_name(database.name + ".lock"), "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                try:
-                    return super().set_trial_state_values(trial_id, state, values)
-                finally:
-                    fcntl.flock(lock, fcntl.LOCK_UN)
-
-    return LockedSQLiteStorage
-
-
-def _queued_grid_sampler() -> type:
-    import optuna
-
-    class QueuedGridSampler(optuna.samplers.GridSampler):
-        """The grid, its points handed out by the queue. ``GridSampler.after_trial`` would stop the study once every
-        point has been tried (a failed point counts as tried, yet the sweep queues it again) and expects a grid id
-        that queued trials do not carry; the sweep stops when the queue is empty instead."""
-
-        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
-            return None
-
-    return QueuedGridSampler
+    def after_trial(self, *args: Any) -> None:
+        return None
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
-    """The sweep file's ``pruner``: ``median`` stops a trial whose value at a validation step is below the median
-    of the completed trials' values at that step (from the first completed trial on); ``none`` never prunes."""
-    import optuna
-
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
-    return optuna.pruners.NopPruner()
-
-
-def study_name(sweep: Sweep, trials: list[Trial]) -> str:
-    """``<sweep name>-<digest of its trials' commands and config files>``."""
-    return f"{sweep.name}-{definition_digest(sweep, trials)}"
+    """``median``: stop a trial below the median of the completed trials at a validation step; ``none``: never."""
+    return optuna.pruners.MedianPruner(n_startup_trials=1) if name == "median" else optuna.pruners.NopPruner()
 
 
 def open_study(sweep: Sweep, trials: list[Trial], storage: optuna.storages.BaseStorage, create: bool) -> optuna.Study:
-    """The sweep's study (created when ``create``; a worker only joins one that exists)."""
-    import optuna
-
+    """The sweep's study ``<name>-<digest>`` (created when ``create``; a worker only joins one that exists)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the sweep prints each trial's outcome itself
-    labels = list(dict.fromkeys(t.config_name for t in trials))
-    sampler = _queued_grid_sampler()({CONFIG_PARAM: labels, SEED_PARAM: sweep.seeds}, seed=0)
-    pruner = make_pruner(sweep.pruner)
-    name = study_name(sweep, trials)
-    direction = "minimize" if sweep.metric and "loss" in sweep.metric else "maximize"
+    grid = {CONFIG_PARAM: list(dict.fromkeys(t.config_name for t in trials)), SEED_PARAM: sweep.seeds}
+    name = f"{sweep.name}-{definition_digest(sweep, trials)}"
+    kwargs = {"study_name": name, "storage": storage, "sampler": QueuedGridSampler(grid, seed=0)}
+    kwargs["pruner"] = make_pruner(sweep.pruner)
     if create:
-        return optuna.create_study(
-            storage=storage,
-            study_name=name,
-            sampler=sampler,
-            pruner=pruner,
-            direction=direction,
-            load_if_exists=True,
-        )
+        direction = "minimize" if sweep.metric and "loss" in sweep.metric else "maximize"
+        return optuna.create_study(**kwargs, direction=direction, load_if_exists=True)
     try:
-        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        return optuna.load_study(**kwargs)
     except KeyError as err:
         raise SweepError(
             f"sweep {sweep.path}: no study {name!r} in the storage yet: run or `--prepare` the sweep first, with the "
@@ -141,36 +100,18 @@ def open_study(sweep: Sweep, trials: list[Trial], storage: optuna.storages.BaseS
         ) from err
 
 
-def point(frozen: optuna.trial.FrozenTrial) -> tuple[str, int | None] | None:
-    """The grid point ``(configuration, seed)`` of a queued trial (``None`` for a trial that was not queued)."""
-    params = frozen.system_attrs.get("fixed_params") or frozen.params
-    if CONFIG_PARAM not in params:
-        return None
-    return params[CONFIG_PARAM], params.get(SEED_PARAM)
-
-
-def latest_by_point(study: optuna.Study) -> dict[tuple[str, int | None], list[optuna.trial.FrozenTrial]]:
-    """Each grid point's trials, oldest first."""
-    out: dict[tuple[str, int | None], list[optuna.trial.FrozenTrial]] = {}
-    for frozen in study.get_trials(deepcopy=False):
-        key = point(frozen)
-        if key is not None:
-            out.setdefault(key, []).append(frozen)
-    return out
-
-
 def queue(study: optuna.Study, trials: list[Trial], max_trials: int | None = None) -> tuple[list[Trial], int]:
-    """Queue the trials not done, running or queued (failed ones again), at most ``max_trials`` of them in run
-    order; returns the queued trials and how many were already done."""
-    import optuna
-
+    """Queue up to ``max_trials`` trials not done, running or queued (failed ones again); them and how many are done."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # trials of a worker that died: failed, and queued again
-    by_point = latest_by_point(study)
-    states = {key: {t.state.name for t in found} for key, found in by_point.items()}
-    done = [t for t in trials if states.get((t.config_name, t.seed), set()) & set(DONE)]
-    pending = [t for t in trials if not states.get((t.config_name, t.seed), set()) & {*DONE, *ACTIVE}]
+    states: dict[Any, set[str]] = {}
+    for frozen in study.get_trials(deepcopy=False):
+        params = frozen.system_attrs.get("fixed_params") or frozen.params
+        states.setdefault((params.get(CONFIG_PARAM), params.get(SEED_PARAM)), set()).add(frozen.state.name)
+    done = [t for t in trials if states.get((t.config_name, t.seed), set()) & {"COMPLETE", "PRUNED"}]
+    active = {"COMPLETE", "PRUNED", "RUNNING", "WAITING"}
+    pending = [t for t in trials if not states.get((t.config_name, t.seed), set()) & active]
     chosen = pending if max_trials is None else pending[: max(0, max_trials)]
     for trial in chosen:
         study.enqueue_trial({CONFIG_PARAM: trial.config_name, SEED_PARAM: trial.seed})
@@ -179,6 +120,182 @@ def queue(study: optuna.Study, trials: list[Trial], max_trials: int | None = Non
 
 def waiting(study: optuna.Study) -> int:
     """How many queued trials no worker has taken yet."""
-    import optuna
-
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+
+
+class TrialFailed(Exception):
+    """A stage of a trial failed (Optuna records the trial as failed and the sweep goes on)."""
+
+
+class Interrupted(Exception):
+    """The sweep was stopped by a signal while trials ran."""
+
+
+def _signal_group(proc: subprocess.Popen, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+class Runner:
+    """Takes queued trials of ``study`` until none is left, ``jobs`` at a time, and records each in MLflow."""
+
+    def __init__(
+        self, sweep: Sweep, trials: list[Trial], study: optuna.Study, storage: str, client: MlflowClient, jobs: int
+    ) -> None:
+        self.sweep, self.study, self.client, self.jobs = sweep, study, client, jobs
+        self.by_point = {(t.config_name, t.seed): t for t in trials}
+        self.parent_id = study.user_attrs[PARENT_ATTR]
+        self.experiment_id = client.get_run(self.parent_id).info.experiment_id
+        threads = str(max(1, (os.cpu_count() or 1) // jobs))
+        self.env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} | dict(os.environ) | sweep.env
+        self.env |= {"MLFLOW_TRACKING_URI": client.tracking_uri, "PYTHONUNBUFFERED": "1"}
+        self.env |= {STORAGE_ENV: storage, STUDY_ENV: study.study_name}
+        self.procs: set[subprocess.Popen] = set()
+        self.stopping, self.signum, self.failed = 0, 0, False
+        # Linux: the kernel SIGKILLs a trial when the thread that started it ends, also with a sweep killed by SIGKILL
+        prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None  # before forks
+        self.preexec = (lambda: prctl(1, int(signal.SIGKILL))) if prctl else None  # 1 = PR_SET_PDEATHSIG
+
+    def run(self) -> int:
+        """Run until the queue is empty; returns the exit code (1 when a trial failed, 128 + signal when stopped)."""
+        if waiting(self.study) == 0:
+            return 0
+        main_thread = threading.current_thread() is threading.main_thread()  # only it may install handlers
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT) if main_thread}
+        stop_when_empty = lambda study, _: waiting(study) or study.stop()  # noqa: E731
+        try:
+            self.study.optimize(self._objective, n_jobs=self.jobs, catch=(TrialFailed,), callbacks=[stop_when_empty])
+        except Interrupted:
+            return 128 + self.signum
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 1 if self.failed else 0
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """First signal: SIGTERM to the trials' process groups, SIGKILL after a grace period; second: SIGKILL."""
+        self.stopping, self.signum = self.stopping + 1, signum
+        print(f"sweep: {signal.Signals(signum).name}: stopping {len(self.procs)} running trial(s)", flush=True)
+        for proc in list(self.procs):
+            _signal_group(proc, signal.SIGTERM if self.stopping == 1 else signal.SIGKILL)
+        if self.stopping == 1:
+            timer = threading.Timer(STOP_GRACE_S, lambda: [_signal_group(p, signal.SIGKILL) for p in list(self.procs)])
+            timer.daemon = True
+            timer.start()
+
+    def _objective(self, ot: optuna.Trial) -> float:
+        if self.stopping:
+            raise Interrupted
+        if "fixed_params" not in ot._cached_frozen_trial.system_attrs:
+            # Two workers asked for the last queued trial at once and this one lost: nothing to run.
+            ot.set_user_attr("surplus", "the queue was empty when this worker asked; nothing ran")
+            raise TrialFailed("queue empty")
+        configs = list(dict.fromkeys(c for c, _ in self.by_point))
+        point = ot.suggest_categorical(CONFIG_PARAM, configs), ot.suggest_categorical(SEED_PARAM, self.sweep.seeds)
+        trial = self.by_point[point]
+        tags = axis_tags(trial) | {
+            "mlflow.parentRunId": self.parent_id,
+            "sweep.role": "trial",
+            "sweep.trial": trial.name,
+        }
+        tags |= {"sweep.name": self.sweep.name, "sweep.study": self.study.study_name, "sweep.config": trial.config_name}
+        tags |= {"sweep.seed": "" if trial.seed is None else str(trial.seed), "optuna.trial_number": str(ot.number)}
+        run_id = self.client.create_run(self.experiment_id, run_name=trial.name, tags=tags).info.run_id
+        for name, value in {"mlflow_run_id": run_id, "trial_name": trial.name, "output_dir": trial.output_dir}.items():
+            ot.set_user_attr(name, value)
+        prefix = f"[{trial.index + 1}/{len(self.by_point)}] {trial.name} (trial {ot.number})"
+        print(f"{prefix}: running (logs in {trial.output_dir})", flush=True)
+        start, logs = time.monotonic(), []
+
+        def end(outcome: str, status: str, tags: dict[str, str] | None = None) -> float:
+            tags = {"sweep.outcome": outcome, "sweep.seconds": f"{time.monotonic() - start:.1f}"} | (tags or {})
+            for key, value in tags.items():
+                self.client.set_tag(run_id, key, value[-5000:])  # MLflow's limit on a tag value
+            self.client.set_terminated(run_id, status)
+            return time.monotonic() - start
+
+        try:
+            message, pruned_at = self._stages(trial, ot, run_id, logs)
+        except Interrupted:
+            end("killed", "KILLED")
+            print(f"{prefix}: killed", flush=True)
+            raise
+        metrics = self.client.get_run(run_id).data.metrics
+        main = next((m for m in (self.sweep.metric, "test/Avg", "val/Avg") if m and m in metrics), None)
+        if not message and pruned_at is None and main is None:
+            message = f"the run logged none of {self.sweep.metric or 'test/Avg, val/Avg'}"
+        if message:
+            texts = {log.name: log.read_text(errors="replace") for log in logs if log.is_file()}
+            rows = [
+                row.rsplit("\r", 1)[-1]
+                for name, text in texts.items()
+                for row in [f"==> {name} <==", *text.split("\n")]
+            ]
+            tail = "\n".join([row for row in rows if row.strip()][-50:]) + "\n"  # progress bars: their last state
+            self.client.log_text(run_id, tail, "log_tail.txt")
+            seconds = end("failed", "FAILED", {"sweep.error": message, "sweep.log_tail": tail})
+            print(f"{prefix}: FAILED in {seconds:.1f} s: {message}", flush=True)
+            self.failed = True
+            raise TrialFailed(message)
+        if pruned_at is not None:
+            seconds = end("pruned", "KILLED", {"sweep.pruned_at_step": str(pruned_at)})
+            print(f"{prefix}: pruned at step {pruned_at} after {seconds:.1f} s", flush=True)
+            raise optuna.TrialPruned(f"pruned at step {pruned_at}")
+        seconds = end("ok", "FINISHED")
+        print(f"{prefix}: finished in {seconds:.1f} s, {main}={metrics[main]:.4g}", flush=True)
+        return float(metrics[main])
+
+    def _stages(self, trial: Trial, ot: optuna.Trial, run_id: str, logs: list[Path]) -> tuple[str, int | None]:
+        """Run ``fit`` then ``test``: an error message (``""`` if none) and the step where the trial was pruned."""
+        folder = Path(trial.output_dir)
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # a rerun must not resume from or pick old files
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def stage(name: str, extra: list[str]) -> str:
+            logs.append(folder / f"{name}.log")
+            env = self.env | {TRIAL_ENV: str(ot._trial_id)}
+            rc = self._process(command_line(self.sweep, trial, name, run_id, extra), logs[-1], env)
+            return f"{name} exited with code {rc} (log {logs[-1]})" if rc else ""
+
+        monitor = "val/" + (self.sweep.metric or "val/Avg").split("/", 1)[-1]  # test/X is watched as val/X
+        pruning = {"monitor": monitor, "pruner": self.sweep.pruner}
+        pruning = {"class_path": "lit_hyperet.sweep.pruning.OptunaPruning", "init_args": pruning}
+        if message := stage("fit", [f"--trainer.callbacks+={json.dumps(pruning)}"] * (self.sweep.pruner != "none")):
+            return message, None
+        attrs = self.study._storage.get_trial(
+            ot._trial_id
+        ).user_attrs  # the trial's process may have set pruned_at_step
+        if PRUNED_ATTR in attrs:
+            return "", int(attrs[PRUNED_ATTR])
+        test = self.sweep.test
+        if test is None:  # auto: whether the config the CLI resolved (and logged as run parameters) has a test split
+            test = self.client.get_run(run_id).data.params.get("data/test_split", "None") not in ("None", "")
+        if not test:
+            return "", None
+        ckpt = folder / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            return f"test: no {ckpt} (enable checkpoint.save_last)", None
+        return stage("test", ["--ckpt_path", str(ckpt)]), None
+
+    def _process(self, cmd: list[str], log_path: Path, env: dict[str, str]) -> int:
+        """Run ``cmd`` in its own process group, output into ``log_path``; its exit code."""
+        with log_path.open("w") as log:
+            log.write(f"$ {shlex.join(cmd)}\n")
+            log.flush()
+            if self.stopping:
+                raise Interrupted
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=self.preexec
+            )
+            self.procs.add(proc)  # a signal arriving just before is caught up by the SIGKILL after the grace period
+            try:
+                rc = proc.wait(timeout=self.sweep.timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                rc = proc.wait()
+                log.write(f"\n[sweep] timed out after {self.sweep.timeout:g} s\n")
+            finally:
+                self.procs.discard(proc)
+        if self.stopping:
+            raise Interrupted
+        return rc
