@@ -72,7 +72,8 @@ def released(tiny_memvp_dir: Path, demo_data_dir: Path, tmp_path_factory: pytest
                 official["module." + official_name(name)] = p.detach().clone()
     args = argparse.Namespace(emb=24, llm_model="7B", adapter_dim=12, prompt_format="QCM-A")
     file = root / "checkpoint-19.pth"
-    torch.save({"model": official, "optimizer": {"state": {}}, "epoch": 19, "scaler": {"scale": 2.0}, "args": args}, file)
+    saved = {"model": official, "optimizer": {"state": {}}, "epoch": 19, "scaler": {"scale": 2.0}, "args": args}
+    torch.save(saved, file)
     reference = logits(module.llava, module.processor.tokenizer)
     return {"file": file, "state": official, "overrides": overrides, "root": root, "reference": reference}
 
@@ -175,4 +176,3 @@ def test_hyperets_block_and_banded_layouts_map_to_the_same_matrices(
     for name, expected in dense.items():
         matrix = model.get_submodule(name.split(".parametrizations.")[0]).parametrizations.weight[0].matrix
         torch.testing.assert_close(matrix.dense(), expected, rtol=0, atol=0)
-

@@ -114,4 +114,3 @@ def test_radius_reads_the_memvp_tower_and_projector(tiny_memvp_dir: Path, demo_d
     with (out / "radius_images.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == run["counts"]["images"] and float(rows[0]["projector_rad_mean"]) > 0
-
