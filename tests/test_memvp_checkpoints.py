@@ -176,3 +176,32 @@ def test_hyperets_block_and_banded_layouts_map_to_the_same_matrices(
     for name, expected in dense.items():
         matrix = model.get_submodule(name.split(".parametrizations.")[0]).parametrizations.weight[0].matrix
         torch.testing.assert_close(matrix.dense(), expected, rtol=0, atol=0)
+
+
+def test_the_table3_sweep_builds_the_paper_rows_with_q_v_and_with_q_k_v(tiny_memvp_dir: Path) -> None:
+    """``sweeps/memvp_table3.yaml`` on the 13B recipe: the paper's 11 HyperET rows under both readings of its
+    Δparams, plus the baseline; two of its trials built on the tiny pair adapt exactly the projections they name."""
+    from helpers.demo_cli import ROOT
+
+    from lit_hyperet.hyperet import adapted_module_names, hyperet_parameters
+    from lit_hyperet.sweep.spec import expand, load_sweep
+
+    trials = {t.config_name: t for t in expand(load_sweep(ROOT / "sweeps" / "memvp_table3.yaml"))}
+    assert len(trials) == 1 + 2 * 11
+    tiny = [
+        f"model.init_args.model.init_args.vision_path={tiny_memvp_dir / 'vision'}",
+        f"model.init_args.model.init_args.llm_path={tiny_memvp_dir}",
+        "model.init_args.model.init_args.dtype=float32",
+    ]
+    for name, projections, count in [
+        ("projections=qv,structure=block4,space=euclidean", "qv", 2 * 2 * 64 * 4),
+        ("projections=qkv,structure=banded2,space=hyperbolic", "qkv", 2 * 3 * (5 * 64 - 2 * 3)),
+    ]:
+        trial = trials[name]
+        overrides = [f"{key}={value}" for key, value in trial.assignments if key.startswith("model.")]
+        module = configured([str(ROOT / c) for c in trial.configs], [*overrides, *tiny]).model
+        module.configure_model()
+        assert module.source.memvp.slots == 400 and module.llava.adapter_emb1.shape[1] == 400
+        names = adapted_module_names(module.llava)
+        assert {n.rsplit(".", 1)[1][0] for n in names} == set(projections) and len(names) == 2 * len(projections)
+        assert sum(p.numel() for _, p in hyperet_parameters(module.llava)) == count
