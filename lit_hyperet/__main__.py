@@ -27,7 +27,14 @@ TOOLS: dict[str, tuple[str, str]] = {
         "lit_hyperet.tasks.scienceqa.scoring:main",
         "score predictions with the official ScienceQA categories",
     ),
-    "export": ("lit_hyperet.export:main", "merge HyperET and LoRA into a plain HF LLaVA dir"),
+    "export": (
+        "lit_hyperet.export:main",
+        "merge HyperET (and LoRA) into plain HF dirs: a LLaVA, or MemVP's CLIP tower + its tensors",
+    ),
+    "import-memvp-checkpoint": (
+        "lit_hyperet.memvp_import:main",
+        "MemVP's / HyperET's released adapter checkpoint as a checkpoint test / predict load",
+    ),
     "sweep": ("lit_hyperet.sweep:main", "run a grid of trials as CLI subprocesses under an MLflow parent run"),
     "radius": ("lit_hyperet.radius:main", "hyperbolic radius of visual tokens or of image and caption embeddings"),
 }

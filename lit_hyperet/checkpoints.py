@@ -34,11 +34,12 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
-    """The checkpoint dict from a ``.ckpt`` file, loaded with ``torch.load(weights_only=True)`` on the CPU.
+def load_plain(path: str | Path, mmap: bool = False, allowed: tuple[type, ...] = ()) -> Any:
+    """What ``torch.load(path, weights_only=True)`` reads on the CPU: tensors and plain data, plus instances of the
+    ``allowed`` classes (e.g. ``argparse.Namespace``); nothing else is unpickled.
 
-    A missing file, a directory (a sharded checkpoint), a truncated or foreign file, a pickle holding anything but
-    tensors and plain data, or a dict without ``state_dict`` is a :class:`CheckpointError`.
+    A missing file, a directory (a sharded checkpoint), a truncated or foreign file, or a pickle holding any other
+    object is a :class:`CheckpointError` naming the file (and the refused class).
     """
     import torch  # here, so that the error type above imports without torch (command-line start-up)
 
@@ -50,7 +51,8 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated, or not written by torch.save)")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         named = re.search(r"GLOBAL ([\w.]+)", str(err))
         what = f": it names {named.group(1)}" if named else ""
@@ -59,6 +61,12 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint (truncated, or not written by torch.save): {_first_line(err)}"
         ) from None
+
+
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint dict from a ``.ckpt`` file, loaded with ``torch.load(weights_only=True)`` on the CPU
+    (:func:`load_plain`); a dict without ``state_dict`` is a :class:`CheckpointError` too."""
+    checkpoint = load_plain(path, mmap=mmap)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"{path}: not a training checkpoint (no 'state_dict' entry)")
     return checkpoint

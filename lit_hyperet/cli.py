@@ -249,5 +249,20 @@ def cli_main(args: ArgsType = None, run: bool = True) -> HyperETCLI:
             torch.distributed.destroy_process_group()
 
 
+def configured(configs: list[str], overrides: list[str] = ()) -> HyperETCLI:
+    """The model, datamodule and trainer that ``configs`` (``--config`` files, in order) and ``overrides`` (dotted
+    ``key=value`` or ``--key value`` arguments) describe, built through the CLI without a logger and without running
+    anything: what the tools (radius, import-memvp-checkpoint) evaluate or inspect. The model is not built yet
+    (``configure_model``)."""
+    args = [arg for config in configs for arg in ("--config", config)] + ["--trainer.logger=false"]
+    args += [o if o.startswith("--") else f"--{o}" for o in overrides]
+    saved_argv = sys.argv
+    sys.argv = sys.argv[:1]  # LightningCLI warns when it sees both ``args`` and command-line arguments
+    try:
+        return cli_main(args, run=False)
+    finally:
+        sys.argv = saved_argv
+
+
 def _process_group_initialized() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()

@@ -21,7 +21,8 @@ SCIENCEQA_DELTAS = sorted(p for p in (CONFIGS / "scienceqa").glob("*.yaml") if p
 def config_sets() -> list[list[Path]]:
     """Every YAML under configs/, each in the combination it is meant to be used in."""
     sets = [[CONFIGS / "demo.yaml"], [CONFIGS / "alignment_demo.yaml"], [CONFIGS / "memvp_demo.yaml"]]
-    sets += [[CONFIGS / "scienceqa_memvp" / "base.yaml"]]
+    memvp = [CONFIGS / "scienceqa_memvp" / name for name in ("base.yaml", "13b.yaml", "qkv.yaml")]
+    sets += [memvp[:1], memvp]
     sets += [[CONFIGS / "scienceqa" / "base.yaml", delta] for delta in SCIENCEQA_DELTAS]
     diagonal = CONFIGS / "scienceqa" / "diagonal.yaml"
     sets += [
@@ -65,6 +66,7 @@ def test_help_lists_tools_and_lightning_commands(capsys: pytest.CaptureFixture) 
         "make-demo-data",
         "scienceqa-score",
         "export",
+        "import-memvp-checkpoint",
         "sweep",
         "radius",
     ):

@@ -114,17 +114,3 @@ def test_radius_reads_the_memvp_tower_and_projector(tiny_memvp_dir: Path, demo_d
     with (out / "radius_images.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == run["counts"]["images"] and float(rows[0]["projector_rad_mean"]) > 0
-
-
-def test_export_refuses_a_memvp_checkpoint_with_a_message(
-    tiny_memvp_dir: Path, demo_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from lit_hyperet.export import export_checkpoint
-    from lit_hyperet.user_errors import ConfigError
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    out = tmp_path / "out"
-    cli_main(["fit", *demo_args(tiny_memvp_dir, demo_data_dir, out, MEMVP_DEMO), "--trainer.max_steps", "1"])
-    with pytest.raises(ConfigError, match="TinyMemVP checkpoint"):
-        export_checkpoint(out / "checkpoints" / "last.ckpt", tmp_path / "exported")

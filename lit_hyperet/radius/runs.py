@@ -11,7 +11,6 @@ ScienceQA's ``grade_band`` (:func:`lit_hyperet.tasks.scienceqa.rules.grade_band`
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
@@ -128,19 +127,9 @@ def check_specs(specs: list[RunSpec]) -> None:
 
 def build(spec: RunSpec, extra_overrides: list[str] = ()) -> tuple[Any, Any]:
     """``(module, datamodule)`` from the run's configs through LightningCLI, the model built and checkpoint loaded."""
-    from lit_hyperet.cli import cli_main
+    from lit_hyperet.cli import configured
 
-    args: list[str] = []
-    for config in spec.configs:
-        args += ["--config", config]
-    args += ["--trainer.logger=false"]
-    args += [o if o.startswith("--") else f"--{o}" for o in [*extra_overrides, *spec.overrides]]
-    saved_argv = sys.argv
-    sys.argv = sys.argv[:1]  # LightningCLI warns when it sees both ``args`` and command-line arguments
-    try:
-        cli = cli_main(args, run=False)
-    finally:
-        sys.argv = saved_argv
+    cli = configured(list(spec.configs), [*extra_overrides, *spec.overrides])
     module, datamodule = cli.model, cli.datamodule
     module.configure_model()
     if spec.ckpt:

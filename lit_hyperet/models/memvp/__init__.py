@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lit_hyperet.models.memvp.build import build_memvp, count_parameters, trainable_groups
+    from lit_hyperet.models.memvp.merge import load_merged, save_merged
     from lit_hyperet.models.memvp.model import MemVPModel
     from lit_hyperet.models.memvp.sources import MemVPFromParts, MemVPSettings, MemVPSource, TinyMemVP
     from lit_hyperet.models.memvp.tiny import make_tiny_memvp
@@ -19,6 +20,8 @@ _WHERE = {
     "build_memvp": "build",
     "count_parameters": "build",
     "trainable_groups": "build",
+    "load_merged": "merge",
+    "save_merged": "merge",
     "MemVPModel": "model",
     "MemVPFromParts": "sources",
     "MemVPSettings": "sources",
@@ -34,7 +37,9 @@ __all__ = [
     "TinyMemVP",
     "build_memvp",
     "count_parameters",
+    "load_merged",
     "make_tiny_memvp",
+    "save_merged",
     "trainable_groups",
 ]
 
