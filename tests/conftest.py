@@ -1,4 +1,5 @@
-"""Shared fixtures: one tiny model and one demo dataset per test session, built through the public commands' code."""
+"""Shared fixtures: one tiny LLaVA, one tiny BLIP-2 and one demo dataset per test session, built through the public
+commands' code."""
 
 from __future__ import annotations
 
@@ -32,6 +33,14 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pa
     for vision in ("siglip", "dinov2"):
         dirs[vision] = make_tiny_model(tmp_path_factory.mktemp(f"tiny_{vision}"), vision=vision, seed=0)
     return dirs
+
+
+@pytest.fixture(scope="session")
+def tiny_blip2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BLIP-2 image–text retrieval model written by ``make-tiny-model --family blip2-itm`` code."""
+    from lit_hyperet.models.blip2 import make_tiny_blip2_itm
+
+    return make_tiny_blip2_itm(tmp_path_factory.mktemp("tiny_blip2_itm"), seed=0)
 
 
 @pytest.fixture(scope="session")
