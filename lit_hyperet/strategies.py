@@ -25,7 +25,7 @@ from lightning.fabric.plugins.collectives.torch_collective import default_pg_tim
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.tensor import DTensor
 
-from lit_hyperet.checkpoints import read_checkpoint
+from lit_hyperet.checkpoints import CheckpointError, read_checkpoint
 from lit_hyperet.sharding import average_gradients, replicated_parameters
 from lit_hyperet.user_errors import ConfigError
 
@@ -89,7 +89,8 @@ class FSDP2Strategy(ModelParallelStrategy):
         return super().optimizer_step(optimizer, closure_then_average, model, **kwargs)
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
-        """Check the checkpoint is one file holding exactly the module's trainable keys, then load it sharded.
+        """Check the checkpoint is one file holding exactly the module's trainable keys and, when resuming, the run's
+        optimiser groups; then load it sharded.
 
         Lightning's sharded load skips absent keys silently when ``strict_loading`` is off (as it is for
         trainable-only checkpoints), so the key check the module does on ``load_state_dict`` is done here.
@@ -99,5 +100,15 @@ class FSDP2Strategy(ModelParallelStrategy):
         check = getattr(self.lightning_module, "check_state_keys", None)
         if check is not None:
             check(checkpoint["state_dict"].keys(), source=str(path))
+        saved = [
+            [g.get("name") for g in state.get("param_groups", [])] for state in checkpoint.get("optimizer_states", [])
+        ]
+        current = [[g.get("name") for g in optimizer.param_groups] for optimizer in self.optimizers]
+        if current and saved != current:  # torch would fail on the mismatch with a shape error deep in its loader
+            raise CheckpointError(
+                f"{path}: its optimiser groups {saved} are not this run's {current} (e.g. an alignment checkpoint "
+                "written on one device or with DDP, where the query tokens share the Q-Former's group); resume it "
+                "with the strategy that wrote it"
+            )
         del checkpoint
         return super().load_checkpoint(path, weights_only=weights_only)

@@ -157,7 +157,7 @@ def test_precision_policy_follows_trainer_precision() -> None:
         mixed_precision_policy("bf16-true")
 
 
-def test_strategy_refuses_distributed_checkpoints_and_wrong_keys(
+def test_strategy_refuses_distributed_checkpoints_wrong_keys_and_other_optimiser_groups(
     tiny_model_dir: Path, demo_data_dir: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(ValueError, match="save_distributed_checkpoint"):
@@ -175,6 +175,16 @@ def test_strategy_refuses_distributed_checkpoints_and_wrong_keys(
     torch.save({"state_dict": state}, tmp_path / "partial.ckpt")
     with pytest.raises(CheckpointError, match=f"partial.ckpt: its tensors do not match .*missing .*{dropped}"):
         strategy.load_checkpoint(tmp_path / "partial.ckpt")
+    # resuming: the optimiser groups must be this run's (the alignment module has one more under FSDP2)
+    state[dropped] = dict(module.named_parameters())[dropped].detach()
+    params = list(state.values())
+    strategy.optimizers = [
+        torch.optim.AdamW([{"params": params[:1], "name": "a"}, {"params": params[1:], "name": "b"}])
+    ]
+    saved = [{"param_groups": [{"name": "a", "params": list(range(len(params)))}], "state": {}}]
+    torch.save({"state_dict": state, "optimizer_states": saved}, tmp_path / "other_groups.ckpt")
+    with pytest.raises(CheckpointError, match=r"other_groups.ckpt: its optimiser groups \[\['a'\]\] are not .*'b'"):
+        strategy.load_checkpoint(tmp_path / "other_groups.ckpt")
 
 
 def test_alignment_parts_are_units_and_the_rest_is_replicated(one_process_group: Any, tiny_blip2_dir: Path) -> None:
