@@ -36,14 +36,6 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pa
 
 
 @pytest.fixture(scope="session")
-def tiny_blip2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny BLIP-2 image–text retrieval model written by ``make-tiny-model --family blip2-itm`` code."""
-    from lit_hyperet.models.blip2 import make_tiny_blip2_itm
-
-    return make_tiny_blip2_itm(tmp_path_factory.mktemp("tiny_blip2_itm"), seed=0)
-
-
-@pytest.fixture(scope="session")
 def demo_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic dataset in the ScienceQA raw layout, written by ``make-demo-data`` code."""
     from lit_hyperet.tasks.scienceqa.demo import make_demo_data
@@ -65,3 +57,11 @@ def one_process_group(tmp_path: Path) -> Iterator[Any]:
         yield init_device_mesh("cpu", (1,), mesh_dim_names=("data_parallel",))
     finally:
         dist.destroy_process_group()
+
+
+@pytest.fixture(scope="session")
+def tiny_blip2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BLIP-2 image–text retrieval model written by ``make-tiny-model --family blip2-itm`` code."""
+    from lit_hyperet.models.blip2 import make_tiny_blip2_itm
+
+    return make_tiny_blip2_itm(tmp_path_factory.mktemp("tiny_blip2_itm"), seed=0)
