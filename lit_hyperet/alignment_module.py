@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torchmetrics.aggregation import CatMetric, MeanMetric
 from torchmetrics.functional import spearman_corrcoef
 
@@ -44,6 +45,7 @@ from lit_hyperet.class_paths import to_spec
 from lit_hyperet.hyperet import HyperETConfig, adapted_module_names, adapted_width
 from lit_hyperet.hyperet_config import LAYOUT_HPARAMS as HYPERET_LAYOUT_HPARAMS
 from lit_hyperet.models.blip2 import (
+    CALLED_PARTS,
     Blip2RetrievalSource,
     build_blip2_retrieval,
     count_parameters,
@@ -56,6 +58,7 @@ from lit_hyperet.models.blip2 import (
 from lit_hyperet.models.loading import set_image_size
 from lit_hyperet.non_finite import NonFiniteLossError, all_ranks_finite
 from lit_hyperet.schedule import WarmupCosineLR
+from lit_hyperet.sharding import clip_gradients, data_parallel_mesh, shard_parts
 from lit_hyperet.trainable_module import TrainableOnlyModule, as_dataclass, as_source
 from lit_hyperet.user_errors import ConfigError
 
@@ -111,6 +114,9 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
             similarities (:mod:`lit_hyperet.alignment.itm`).
         image_size: process images at this square resolution (LAVIS' retrieval fine-tuning: 364) instead of the
             processor's own; the vision tower interpolates its position embeddings. ``None``: the processor's.
+        gradient_checkpointing: activation checkpointing inside the transformers model (non-reentrant).
+
+    Runs on one device, with DDP, or sharded with FSDP2 (``FSDP2Strategy``, see :meth:`configure_model`).
     """
 
     #: Hyper-parameters (dotted) that change which tensors are trainable; the space does not (every space has the
@@ -147,6 +153,7 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         entailment_aperture: float = MERU_APERTURE,
         itm_weight: float = 0.0,
         image_size: int | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         _choice("space", space, SPACES)
@@ -199,15 +206,26 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
     # ------------------------------------------------------------------------------------------------ model
 
     def configure_model(self) -> None:
-        """Build the model and the contrastive head once (single device or DDP; FSDP2 is not supported here)."""
+        """Build the model and the contrastive head once; under ``FSDP2Strategy`` (a device mesh is set) shard it.
+
+        FSDP2 units: every vision and Q-Former layer, then each part of the model that is called directly (vision
+        tower, Q-Former, text embeddings, projections, ITM head; :data:`~lit_hyperet.models.blip2.build.CALLED_PARTS`).
+        The query tokens and the head's 0-dim temperature, curvature and embedding scale stay replicated tensors whose
+        gradients ``FSDP2Strategy`` averages over the ranks. Mixed precision follows ``trainer.precision``.
+        """
         if self.blip2 is not None:
             return
-        if self.device_mesh is not None:
-            raise ConfigError("HyperbolicAlignmentModule runs on one device or with DDP, not with FSDP2Strategy")
+        mesh = self.device_mesh
+        data_parallel = data_parallel_mesh(mesh, type(self).__name__) if mesh is not None else None
         self.blip2 = build_blip2_retrieval(
-            self.source, hyperet=self.hyperet_config, train_itm=self.hparams.itm_weight > 0
+            self.source,
+            hyperet=self.hyperet_config,
+            train_itm=self.hparams.itm_weight > 0,
+            gradient_checkpointing=self.hparams.gradient_checkpointing,
         )
         self.blip2.train()  # from_pretrained returns eval mode; Lightning switches modes per loop from here
+        if data_parallel is not None:
+            shard_parts(self.blip2, data_parallel, CALLED_PARTS, str(self.trainer.precision))
         positions = self.blip2.config.qformer_config.max_position_embeddings
         if self.hparams.max_text_length > positions:
             raise ConfigError(f"max_text_length {self.hparams.max_text_length} exceeds the Q-Former's {positions}")
@@ -283,16 +301,35 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         for name, params in named.items():
             for decay in (True, False):
                 chosen = [p for _, p in params if p.requires_grad and (p.dim() >= 2) == decay]
-                if chosen:
-                    groups.append(
-                        {
-                            "params": chosen,
-                            "lr": lrs.get(name, hp.lr),
-                            "weight_decay": hp.weight_decay if decay else 0.0,
-                            "name": name + ("" if decay else "_no_decay"),
-                        }
-                    )
+                # FSDP2: sharded parameters (DTensors) and replicated tensors never share a group (torch's foreach
+                # kernels refuse the mix); unsharded, every parameter is a plain tensor and nothing is split
+                sharded = [p for p in chosen if isinstance(p, DTensor)]
+                plain = [p for p in chosen if not isinstance(p, DTensor)]
+                suffix = "" if decay else "_no_decay"
+                parts = {suffix: sharded, suffix + "_replicated": plain} if sharded else {suffix: plain}
+                for part, chosen_part in parts.items():
+                    if chosen_part:
+                        groups.append(
+                            {
+                                "params": chosen_part,
+                                "lr": lrs.get(name, hp.lr),
+                                "weight_decay": hp.weight_decay if decay else 0.0,
+                                "name": name + part,
+                            }
+                        )
         return self.build_optimization(groups, self._optimizer_spec, self._scheduler_spec)
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Lightning's clipping; sharded, over the FSDP2 shards and the replicated tensors together."""
+        if gradient_clip_val is None:
+            return
+        if self.device_mesh is None:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        clip_gradients(params, gradient_clip_val, gradient_clip_algorithm or "norm")
 
     # ------------------------------------------------------------------------------------------------ steps
 

@@ -22,7 +22,7 @@ from lit_hyperet.non_finite import (
     stop_message,
 )
 from lit_hyperet.schedule import WarmupCosineLR
-from lit_hyperet.sharding import gathered, shard_model
+from lit_hyperet.sharding import data_parallel_mesh, gathered, shard_model
 from lit_hyperet.trainable_module import TrainableOnlyModule, as_dataclass, as_source
 from lit_hyperet.user_errors import ConfigError
 
@@ -138,14 +138,8 @@ class HyperETLitModule(TrainableOnlyModule):
             gradient_checkpointing=self.hparams.gradient_checkpointing,
         )
         self.llava.train()  # from_pretrained returns eval mode; Lightning switches modes per loop from here
-        mesh = self.device_mesh
-        if mesh is not None:
-            if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() != 1:
-                raise ConfigError(
-                    "HyperETLitModule shards with FSDP2 only (data parallel); set tensor_parallel_size 1 "
-                    "(lit_hyperet.strategies.FSDP2Strategy does)"
-                )
-            data_parallel = mesh["data_parallel"] if mesh.mesh_dim_names else mesh
+        if self.device_mesh is not None:
+            data_parallel = data_parallel_mesh(self.device_mesh, type(self).__name__)
             shard_model(self.llava, data_parallel, str(self.trainer.precision))
 
     def forward(self, **batch: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Shared fixtures: one tiny model and one demo dataset per test session, built through the public commands' code."""
+"""Shared fixtures: one tiny LLaVA, one tiny BLIP-2 and one demo dataset per test session, built through the public
+commands' code."""
 
 from __future__ import annotations
 
@@ -64,3 +65,11 @@ def one_process_group(tmp_path: Path) -> Iterator[Any]:
         yield init_device_mesh("cpu", (1,), mesh_dim_names=("data_parallel",))
     finally:
         dist.destroy_process_group()
+
+
+@pytest.fixture(scope="session")
+def tiny_blip2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BLIP-2 image–text retrieval model written by ``make-tiny-model --family blip2-itm`` code."""
+    from lit_hyperet.models.blip2 import make_tiny_blip2_itm
+
+    return make_tiny_blip2_itm(tmp_path_factory.mktemp("tiny_blip2_itm"), seed=0)

@@ -33,17 +33,12 @@ from lit_hyperet.alignment import (
 from lit_hyperet.alignment_module import HyperbolicAlignmentModule
 from lit_hyperet.checkpoints import compare_hparams
 from lit_hyperet.hyperet import HyperETConfig, adapted_module_names
-from lit_hyperet.models.blip2 import TinyBlip2Retrieval, make_tiny_blip2_itm
+from lit_hyperet.models.blip2 import TinyBlip2Retrieval
 from lit_hyperet.models.tiny_tokenizer import CAPTION_WORDS
 from lit_hyperet.user_errors import ConfigError
 
 SPACE_NAMES = ("euclidean", "poincare_cosine", "poincare_distance", "lorentz")
 CONSTANT_LR = {"class_path": "torch.optim.lr_scheduler.ConstantLR", "init_args": {"factor": 1.0}}
-
-
-@pytest.fixture(scope="module")
-def tiny_blip2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_blip2_itm(tmp_path_factory.mktemp("tiny_blip2_itm"), seed=0)
 
 
 @pytest.fixture

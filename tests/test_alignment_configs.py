@@ -14,6 +14,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lit_hyperet.__main__ import main
 from lit_hyperet.cli import cli_main
 from lit_hyperet.models.blip2 import make_tiny_blip2_itm
+from lit_hyperet.strategies import FSDP2Strategy
 from lit_hyperet.tasks.captions.demo import FILE_NAME, make_caption_demo_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +80,17 @@ def test_retrieval_finetune_at_364_px_and_ddp_combine(local: Path) -> None:
     cli.model.configure_model()
     with torch.no_grad():  # the 32 px tiny tower interpolates its position embeddings to 364 px
         assert tuple(cli.model.image_embeddings(pixels[None]).shape) == (1, 8, 32)
+
+
+def test_stage1_and_fsdp_combine(local: Path) -> None:
+    """The stage-1 config with ``strategy/fsdp.yaml`` (bf16-mixed, activation checkpointing) builds: the alignment
+    module takes FSDP2Strategy and the strategy file's ``gradient_checkpointing``."""
+    names = ("blip2_stage1.yaml", "coco_karpathy.yaml", "strategy/fsdp.yaml")
+    cli = cli_main([*swapped(local, *names), "--trainer.accelerator", "cpu", "--trainer.devices", "2"], run=False)
+    assert isinstance(cli.trainer.strategy, FSDP2Strategy)
+    assert cli.model.hparams.gradient_checkpointing and str(cli.trainer.precision) == "bf16-mixed"
+    cli.model.configure_model()  # no device mesh outside a launched run: the unsharded model
+    assert cli.model.blip2.is_activation_checkpointing
 
 
 def test_alignment_demo_sweep_is_the_48_trial_grid(

@@ -26,15 +26,10 @@ from lit_hyperet.alignment import (
 )
 from lit_hyperet.alignment.entailment import ball_to_hyperboloid
 from lit_hyperet.alignment_module import HyperbolicAlignmentModule
-from lit_hyperet.models.blip2 import TinyBlip2Retrieval, itm_logits, make_tiny_blip2_itm, vision_features
+from lit_hyperet.models.blip2 import TinyBlip2Retrieval, itm_logits, vision_features
 from lit_hyperet.user_errors import ConfigError
 
 CONSTANT_LR = {"class_path": "torch.optim.lr_scheduler.ConstantLR", "init_args": {"factor": 1.0}}
-
-
-@pytest.fixture(scope="module")
-def tiny_blip2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_blip2_itm(tmp_path_factory.mktemp("tiny_blip2_itm"), seed=0)
 
 
 def make_module(model_dir: Path, **kwargs) -> HyperbolicAlignmentModule:

@@ -1,4 +1,5 @@
-"""Distributed training that runs: DDP and FSDP2 with 2 CPU processes (gloo, loopback), resume, bf16, two nodes.
+"""Distributed training that runs: DDP and FSDP2 with 2 CPU processes (gloo, loopback), resume, bf16, two nodes; the
+alignment module (BLIP-2 retrieval) under DDP and FSDP2.
 
 One run of each kind is shared by the tests (module-scoped cache). The demo data of the session has 72 training
 problems: 36 per rank, 3 batches of 16 / 16 / 4 (padded batches), so step 3 ends the first epoch; the killed run's
@@ -7,6 +8,7 @@ checkpoint at step 2 lies inside it.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -161,11 +163,11 @@ class Run:
     def state(self) -> dict[str, torch.Tensor]:
         return self.ranks[0]["state"]
 
-    def mlflow_run(self) -> Any:
+    def mlflow_run(self, experiment_name: str = "lit_hyperet_demo") -> Any:
         import mlflow
 
         client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{self.out / 'mlflow.db'}")
-        experiment = client.get_experiment_by_name("lit_hyperet_demo")
+        experiment = client.get_experiment_by_name(experiment_name)
         (run,) = client.search_runs([experiment.experiment_id])
         return run
 
@@ -399,3 +401,121 @@ def test_a_run_ends_the_process_group_it_created_and_keeps_the_callers(
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------------- alignment
+
+ALIGNMENT_STEPS = 3
+
+
+def alignment_fit_args(model_dir: Path, data_dir: Path, out: Path, strategy: str) -> list[str]:
+    """A 2-process CPU fit of the alignment demo config with the strategy config: the tiny BLIP-2 with HyperET on its
+    tower, Poincaré distances, learnt curvature, embedding scale and temperature; 16 training images per rank in
+    batches of 8; validation at the last step on 8 images per rank (recall over all 16, gathered)."""
+    from lit_hyperet.tasks.captions.demo import FILE_NAME
+
+    return [
+        "fit",
+        "--config",
+        str(CONFIGS / "alignment_demo.yaml"),
+        "--config",
+        str(CONFIGS / "strategy" / f"{strategy}.yaml"),
+        "--model.init_args.model.init_args.path",
+        str(model_dir),
+        "--model.init_args.space",
+        "poincare_distance",
+        "--model.init_args.learn_curvature",
+        "true",
+        "--model.init_args.hyperet.variant",
+        "diagonal",
+        "--data.init_args.annotations",
+        str(data_dir / FILE_NAME),
+        "--data.init_args.image_root",
+        str(data_dir),
+        "--data.init_args.batch_size",
+        "8",
+        "--data.init_args.eval_batch_size",
+        "8",
+        "--data.init_args.max_samples",
+        '{"train": 32, "val": 16, "test": 16}',
+        "--trainer.default_root_dir",
+        str(out),
+        "--checkpoint.dirpath",
+        str(out / "checkpoints"),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.precision",
+        "32-true",
+        "--trainer.max_steps",
+        str(ALIGNMENT_STEPS),
+        "--trainer.val_check_interval",
+        str(ALIGNMENT_STEPS),
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.logger.class_path",  # cheaper to start than MLflow's sqlite store
+        "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.init_args.save_dir",
+        str(out / "logs"),
+        "--trainer.callbacks+=helpers.rank_state.SaveTrainableStatePerRank",
+        f"--trainer.callbacks.out_dir={out / 'ranks'}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def alignment_runs(tiny_blip2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """The same alignment fit under DDP and under FSDP2."""
+    from lit_hyperet.tasks.captions.demo import make_caption_demo_data
+
+    base = tmp_path_factory.mktemp("alignment_distributed")
+    data = make_caption_demo_data(base / "data", num_images=64, seed=0)
+    runs = {}
+    for strategy in ("ddp", "fsdp"):
+        launch(alignment_fit_args(tiny_blip2_dir, data, base / strategy, strategy), base / strategy)
+        runs[strategy] = Run(base / strategy)
+    return runs
+
+
+def test_alignment_under_fsdp2_equals_ddp(alignment_runs: dict[str, Run]) -> None:
+    """Per-step losses on both ranks, the final trainable tensors (sharded Q-Former side and HyperET; replicated
+    query tokens, temperature, curvature and embedding scale, whose gradients FSDP2Strategy averages) and the
+    gathered validation recall and radius equal DDP's to float32 rounding; both ranks end with the same tensors.
+
+    The Q-Former's attention key biases are left out of the comparison: their gradient is zero up to rounding (the
+    softmax ignores a constant added to every key's score), so AdamW turns rounding differences into whole steps."""
+    fsdp, ddp = alignment_runs["fsdp"], alignment_runs["ddp"]
+    assert sorted(fsdp.losses) == list(range(1, ALIGNMENT_STEPS + 1))
+    for rank in (0, 1):
+        torch.testing.assert_close(fsdp.ranks[rank]["losses"], ddp.ranks[rank]["losses"], rtol=1e-6, atol=1e-7)
+    assert not torch.equal(fsdp.ranks[0]["losses"][1], fsdp.ranks[1]["losses"][1])  # the ranks saw other batches
+    assert_same_tensors(fsdp.ranks[1]["state"], fsdp.state)
+    compared = {k: v for k, v in fsdp.state.items() if not k.endswith("attention.key.bias")}
+    replicated = ["blip2.query_tokens", "head.log_temperature", "head.log_curvature", "head.log_embedding_scale"]
+    assert set(replicated) < set(compared) and any(".matrix." in k for k in compared)  # and HyperET, sharded
+    torch.testing.assert_close(compared, {k: ddp.state[k] for k in compared}, rtol=1e-5, atol=1e-6)
+    initial = {"head.log_temperature": math.log(0.07), "head.log_curvature": 0.0}
+    for name, value in initial.items():  # the head's scalars did train
+        assert not math.isclose(float(fsdp.state[name]), value, abs_tol=1e-6), name
+    metrics = {k: v for k, v in ddp.ranks[0]["metrics"].items() if k.startswith("val/")}
+    assert {"val/i2t_R@1", "val/t2i_R@10", "val/r_mean", "val/radius_text_mean"} <= set(metrics)
+    for rank in (0, 1):
+        for key, value in metrics.items():
+            assert math.isclose(fsdp.ranks[rank]["metrics"][key], value, rel_tol=1e-5, abs_tol=1e-6), key
+
+
+def test_alignment_fsdp2_checkpoint_holds_full_trainable_tensors_and_loads(alignment_runs: dict[str, Run]) -> None:
+    """The FSDP2 run's ``last.ckpt`` holds exactly the trainable tensors, plain and full, and loads back in one
+    process onto the rebuilt module."""
+    from lit_hyperet.alignment_module import HyperbolicAlignmentModule
+
+    fsdp = alignment_runs["fsdp"]
+    checkpoint = torch.load(fsdp.last, weights_only=True, map_location="cpu")
+    assert checkpoint["global_step"] == ALIGNMENT_STEPS
+    assert set(checkpoint["state_dict"]) == set(fsdp.state)
+    for name, tensor in checkpoint["state_dict"].items():
+        assert type(tensor) is torch.Tensor and tensor.shape == fsdp.state[name].shape, name
+    module = HyperbolicAlignmentModule.load_from_checkpoint(fsdp.last, map_location="cpu")
+    params = dict(module.named_parameters())
+    for name, value in fsdp.state.items():
+        assert torch.equal(params[name], value), name

@@ -1,5 +1,6 @@
 """FSDP2 pieces in one process: reading parameters of a sharded model, generation, activation checkpointing, the
-strategy's refusals. (Multi-process runs: tests/test_distributed.py.)"""
+alignment model's units, replicated tensors and clipping, the strategy's refusals. (Multi-process runs:
+tests/test_distributed.py.)"""
 
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ from lit_hyperet.hyperet import hyperet_report
 from lit_hyperet.models.llava import count_parameters
 from lit_hyperet.sharding import (
     DEFAULT_LAYER_PATTERN,
+    clip_gradients,
     is_layer,
     is_sharded,
     mixed_precision_policy,
     owning_units,
+    replicated_parameters,
     shard_model,
+    shard_parts,
 )
 from lit_hyperet.strategies import FSDP2Strategy
 
@@ -153,7 +157,7 @@ def test_precision_policy_follows_trainer_precision() -> None:
         mixed_precision_policy("bf16-true")
 
 
-def test_strategy_refuses_distributed_checkpoints_and_wrong_keys(
+def test_strategy_refuses_distributed_checkpoints_wrong_keys_and_other_optimiser_groups(
     tiny_model_dir: Path, demo_data_dir: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(ValueError, match="save_distributed_checkpoint"):
@@ -171,3 +175,73 @@ def test_strategy_refuses_distributed_checkpoints_and_wrong_keys(
     torch.save({"state_dict": state}, tmp_path / "partial.ckpt")
     with pytest.raises(CheckpointError, match=f"partial.ckpt: its tensors do not match .*missing .*{dropped}"):
         strategy.load_checkpoint(tmp_path / "partial.ckpt")
+    # resuming: the optimiser groups must be this run's (the alignment module has one more under FSDP2)
+    state[dropped] = dict(module.named_parameters())[dropped].detach()
+    params = list(state.values())
+    strategy.optimizers = [
+        torch.optim.AdamW([{"params": params[:1], "name": "a"}, {"params": params[1:], "name": "b"}])
+    ]
+    saved = [{"param_groups": [{"name": "a", "params": list(range(len(params)))}], "state": {}}]
+    torch.save({"state_dict": state, "optimizer_states": saved}, tmp_path / "other_groups.ckpt")
+    with pytest.raises(CheckpointError, match=r"other_groups.ckpt: its optimiser groups \[\['a'\]\] are not .*'b'"):
+        strategy.load_checkpoint(tmp_path / "other_groups.ckpt")
+
+
+def test_alignment_parts_are_units_and_the_rest_is_replicated(one_process_group: Any, tiny_blip2_dir: Path) -> None:
+    """The BLIP-2 retrieval model sharded part by part gives the unsharded loss and gradients; the query tokens and
+    the head's 0-dim scalars stay plain tensors, never in an optimiser group with DTensors; clipping over the mix
+    equals torch's clipping of the unsharded module."""
+    from helpers.alignment_standins import train_batch
+
+    from lit_hyperet.alignment_module import HyperbolicAlignmentModule
+    from lit_hyperet.hyperet import HyperETConfig
+    from lit_hyperet.models.blip2 import CALLED_PARTS, TinyBlip2Retrieval
+
+    constant = {"class_path": "torch.optim.lr_scheduler.ConstantLR", "init_args": {"factor": 1.0}}
+    module = HyperbolicAlignmentModule(
+        model=TinyBlip2Retrieval(path=str(tiny_blip2_dir)),
+        space="poincare_distance",
+        learn_curvature=True,
+        hyperet=HyperETConfig(),
+        lr_scheduler=constant,
+    )
+    module.configure_model()
+    reference = copy.deepcopy(module)
+    layers = shard_parts(module.blip2, one_process_group["data_parallel"], CALLED_PARTS)
+    units = {n for n, m in module.blip2.named_modules() if isinstance(m, torch.distributed.fsdp.FSDPModule)}
+    assert layers == 4 and units == {
+        *CALLED_PARTS,
+        *(f"{p}.encoder.layer{s}.{i}" for p, s in (("vision_model", "s"), ("qformer", "")) for i in (0, 1)),
+    }
+    replicated = ["blip2.query_tokens", "head.log_temperature", "head.log_curvature", "head.log_embedding_scale"]
+    assert [n for n, _ in replicated_parameters(module)] == replicated
+
+    batch = train_batch(module.processor, n=6)
+    losses = []
+    for m in (module, reference):
+        m.eval()  # no dropout: the same numbers in both
+        image, text = m(batch["pixel_values"], batch["captions"])
+        loss = m.head(image, text).loss
+        loss.backward()
+        losses.append(loss.detach())
+    assert torch.equal(*losses)
+    expected = {n: p for n, p in reference.named_parameters() if p.requires_grad}
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            grad = p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
+            torch.testing.assert_close(grad, expected[name].grad, rtol=1e-4, atol=1e-5, msg=name)
+
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    for group in groups:
+        assert len({isinstance(p, DTensor) for p in group["params"]}) == 1, group["name"]
+    (tokens,) = [g for g in groups if g["name"] == "qformer_replicated"]
+    assert tokens["params"] == [module.blip2.query_tokens]
+
+    total = clip_gradients(module.parameters(), 0.05)
+    expected_total = torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.05)
+    torch.testing.assert_close(total, expected_total)
+    assert total > 0.05  # the clip did scale
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            grad = p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
+            torch.testing.assert_close(grad, expected[name].grad, rtol=1e-4, atol=1e-5, msg=name)

@@ -1,5 +1,6 @@
 """Callbacks for the distributed tests: each rank records its per-step losses and, at the end of fit, its trainable
-tensors (gathered to full tensors when sharded with FSDP2) and validation generations; a kill at a given step."""
+tensors (gathered to full tensors when sharded with FSDP2) and, for modules that generate, validation generations; a
+kill at a given step."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from torch.distributed.tensor import DTensor
 
 class SaveTrainableStatePerRank(Callback):
     """Writes ``rank<N>.pt`` into ``out_dir``: ``{"losses": {global step after the step: loss}, "state": {name: full
-    tensor}, "texts": [generated validation texts]}``."""
+    tensor}, "texts": [generated validation texts], "metrics": {name: last logged value}}``."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = out_dir
@@ -25,7 +26,9 @@ class SaveTrainableStatePerRank(Callback):
     def on_validation_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx=0
     ) -> None:
-        self.texts += pl_module.generate_texts(batch)  # what validation_step scored
+        generate = getattr(pl_module, "generate_texts", None)  # modules that generate (not alignment)
+        if generate is not None:
+            self.texts += generate(batch)  # what validation_step scored
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -39,7 +42,8 @@ class SaveTrainableStatePerRank(Callback):
                 full = param.full_tensor() if isinstance(param, DTensor) else param
                 state[name] = full.detach().cpu().clone()
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
-        payload = {"losses": self.losses, "state": state, "texts": self.texts}
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # the last logged values
+        payload = {"losses": self.losses, "state": state, "texts": self.texts, "metrics": metrics}
         torch.save(payload, os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
 
 

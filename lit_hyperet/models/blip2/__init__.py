@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lit_hyperet.models.blip2.build import (
+        CALLED_PARTS,
         build_blip2_retrieval,
         count_parameters,
         image_query_embeddings,
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from lit_hyperet.models.blip2.tiny import make_tiny_blip2_itm
 
 _WHERE = {
+    "CALLED_PARTS": "build",
     "build_blip2_retrieval": "build",
     "count_parameters": "build",
     "image_query_embeddings": "build",
@@ -33,6 +35,7 @@ _WHERE = {
     "make_tiny_blip2_itm": "tiny",
 }
 __all__ = [
+    "CALLED_PARTS",
     "Blip2RetrievalSource",
     "PretrainedBlip2Retrieval",
     "TinyBlip2Retrieval",

@@ -22,6 +22,10 @@ from lit_hyperet.user_errors import ConfigError
 QFORMER_PARTS = ("query_tokens", "embeddings", "qformer", "vision_projection", "text_projection")
 #: Trained only with image–text matching.
 ITM_PARTS = ("itm_head",)
+#: Submodules the functions below call directly (never the model's own ``forward``): each is an FSDP2 unit under
+#: ``FSDP2Strategy`` (:func:`lit_hyperet.sharding.shard_parts`). ``query_tokens``, a bare parameter read directly,
+#: stays a replicated tensor.
+CALLED_PARTS = ("vision_model", "qformer", "embeddings", "vision_projection", "text_projection", "itm_head")
 GROUPS = ("hyperet", "qformer")
 NamedParams = list[tuple[str, nn.Parameter]]
 
@@ -53,17 +57,22 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 
 
 def build_blip2_retrieval(
-    source: ModelSource, hyperet: HyperETConfig | None = None, train_itm: bool = False
+    source: ModelSource,
+    hyperet: HyperETConfig | None = None,
+    train_itm: bool = False,
+    gradient_checkpointing: bool = False,
 ) -> Blip2ForImageTextRetrieval:
     """``source``'s model with the vision tower frozen, the ITM head frozen unless ``train_itm``, the Q-Former side
     trainable, and HyperET (when given) applied to the vision tower only: ``hyperet.targets`` are matched against
     names inside it (``encoder.layers.N.self_attn.qkv``, a fused projection whose q and v slices the default adapts),
     so a pattern can never freeze Q-Former weights. The trainable set is checked to be exactly Q-Former side (+ ITM
-    head) + HyperET."""
+    head) + HyperET. ``gradient_checkpointing``: transformers' non-reentrant activation checkpointing of the layers."""
     model = source.load_model()
     if not isinstance(model, Blip2ForImageTextRetrieval):
         raise ConfigError(f"{type(source).__name__} gave a {type(model).__name__}, not a Blip2ForImageTextRetrieval")
     model.requires_grad_(False)
+    if gradient_checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
     if hyperet is not None:
         apply_hyperet(model.vision_model, hyperet)
     trained = _qformer_params(model, QFORMER_PARTS + (ITM_PARTS if train_itm else ()))
