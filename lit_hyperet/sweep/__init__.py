@@ -41,13 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def select_trials(trials: list[Trial], wanted: list[str], where: str) -> list[Trial]:
     """The trials named by index or name (all when ``wanted`` is empty)."""
-    by_name, chosen = {t.name: t for t in trials}, {}
-    for item in wanted:
-        trial = trials[int(item)] if item.isdigit() and int(item) < len(trials) else by_name.get(item)
-        if trial is None:
-            raise SweepError(f"sweep {where}: --trial {item!r}: no such trial (0..{len(trials) - 1} or a name)")
-        chosen[trial.index] = trial
-    return list(chosen.values()) if wanted else trials
+    by_key = {t.name: t for t in trials} | {str(i): t for i, t in enumerate(trials)}
+    for item in (item for item in wanted if item not in by_key):
+        raise SweepError(f"sweep {where}: --trial {item!r}: no such trial (0..{len(trials) - 1} or a name)")
+    return list({by_key[item].index: by_key[item] for item in wanted}.values()) if wanted else trials
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -222,13 +222,10 @@ def _label_part(key: str, value: Any, short: dict[str, str]) -> str:
 def spread(grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The grid reordered so that any prefix (``--max-trials``) covers it evenly: each next configuration shares the
     fewest axis values with those already picked, ties in file order."""
-    left, picked, seen = list(grid), [], []
+    tags, left, picked = [{f"{k}={v}" for k, v in values.items()} for values in grid], list(range(len(grid))), []
     while left:
-        best = min(left, key=lambda values: sum(len({f"{k}={v}" for k, v in values.items()} & s) for s in seen))
-        left.remove(best)
-        picked.append(best)
-        seen.append({f"{k}={v}" for k, v in best.items()})
-    return picked
+        picked.append(left.pop(min(range(len(left)), key=lambda i: sum(len(tags[left[i]] & tags[j]) for j in picked))))
+    return [grid[i] for i in picked]
 
 
 def dir_name(name: str) -> str:
