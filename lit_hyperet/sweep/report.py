@@ -152,16 +152,6 @@ def formatted(report: Report) -> pd.DataFrame:
     return out
 
 
-def console_table(report: Report, width: int = 120) -> str:
-    """A summary fitting ``width`` columns: configuration, counts, the main metric (the full table is in the files)."""
-    cells = formatted(report)
-    main = [report.main_metric, f"Δ {report.main_metric}"] if report.main_metric else []
-    cells = cells[[c for c in ["configuration", "HyperET params", "Δparams", "seeds", *main] if c in cells]].copy()
-    budget = width - sum(max(len(c), cells[c].str.len().max()) + 3 for c in cells.columns[1:]) - 4
-    cells["configuration"] = cells["configuration"].map(lambda s: s if len(s) <= budget else s[: budget - 1] + "…")
-    return markdown_table(cells)
-
-
 def chart_figure(report: Report) -> Figure:
     """A horizontal bar chart of the main metric per configuration, from zero, with std error bars."""
     metric, t = report.main_metric, report.table
@@ -193,11 +183,15 @@ def report(sweep: Sweep, trials: list[Trial], study: optuna.Study, client: Mlflo
                   "the completed seeds." + (BASELINE_NOTE if "Δparams" in t else "") + "\n")  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"ablation.{ext}" for ext in ("md", "csv", "png")]
-    paths[0].write_text("\n".join([*header, markdown_table(formatted(result))]) + "\n")
+    paths[0].write_text("\n".join([*header, markdown_table(cells := formatted(result))]) + "\n")
     t.to_csv(paths[1], index=False)
     chart_figure(result).savefig(paths[2], dpi=120)
     for path in paths if result.parent_id is not None else ():
         client.log_artifact(result.parent_id, str(path))
-    print(console_table(result))
+    main = [result.main_metric, f"Δ {result.main_metric}"] if result.main_metric else []  # the console's summary:
+    cells = cells[[c for c in ["configuration", "HyperET params", "Δparams", "seeds", *main] if c in cells]].copy()
+    budget = 120 - sum(max(len(c), cells[c].str.len().max()) + 3 for c in cells.columns[1:]) - 4
+    cells["configuration"] = cells["configuration"].map(lambda s: s if len(s) <= budget else s[: budget - 1] + "…")
+    print(markdown_table(cells))
     print("wrote " + ", ".join(map(str, paths)) + f" (logged to parent run {result.parent_id})", flush=True)
     return 0

@@ -185,70 +185,67 @@ class Runner:
         prefix = f"[{trial.index + 1}/{len(self.by_point)}] {trial.name} (trial {ot.number})"
         print(f"{prefix}: running (logs in {trial.output_dir})", flush=True)
         start, logs = time.monotonic(), []
-
-        def end(outcome: str, status: str, tags: dict[str, str] | None = None) -> float:
-            tags = {"sweep.outcome": outcome, "sweep.seconds": f"{time.monotonic() - start:.1f}"} | (tags or {})
-            for key, value in tags.items():
-                self.client.set_tag(run_id, key, value[-5000:])  # MLflow's limit on a tag value
-            self.client.set_terminated(run_id, status)
-            return time.monotonic() - start
-
         try:
-            message, pruned_at = self._stages(trial, ot, run_id, logs)
+            self._stages(trial, ot, run_id, logs)
+            metrics = self.client.get_run(run_id).data.metrics
+            main = next((m for m in (self.sweep.metric, "test/Avg", "val/Avg") if m and m in metrics), None)
+            if main is None:
+                raise TrialFailed(f"the run logged none of {self.sweep.metric or 'test/Avg, val/Avg'}")
         except Interrupted:
-            end("killed", "KILLED")
+            self._end(run_id, start, "killed", "KILLED")
             print(f"{prefix}: killed", flush=True)
             raise
-        metrics = self.client.get_run(run_id).data.metrics
-        main = next((m for m in (self.sweep.metric, "test/Avg", "val/Avg") if m and m in metrics), None)
-        if not message and pruned_at is None and main is None:
-            message = f"the run logged none of {self.sweep.metric or 'test/Avg, val/Avg'}"
-        if message:  # the logs' last 50 lines, progress bars in their last state
+        except optuna.TrialPruned as step:
+            seconds = self._end(run_id, start, "pruned", "KILLED", {"sweep.pruned_at_step": str(step)})
+            print(f"{prefix}: pruned at step {step} after {seconds:.1f} s", flush=True)
+            raise
+        except TrialFailed as err:  # the logs' last 50 lines, progress bars in their last state
             rows = [f"==> {log.name} <==\n" + log.read_text(errors="replace") for log in logs if log.is_file()]
             rows = [row.rsplit("\r", 1)[-1] for text in rows for row in text.split("\n")]
             tail = "\n".join([row for row in rows if row.strip()][-50:]) + "\n"
             self.client.log_text(run_id, tail, "log_tail.txt")
-            seconds = end("failed", "FAILED", {"sweep.error": message, "sweep.log_tail": tail})
-            print(f"{prefix}: FAILED in {seconds:.1f} s: {message}", flush=True)
+            seconds = self._end(run_id, start, "failed", "FAILED", {"sweep.error": str(err), "sweep.log_tail": tail})
+            print(f"{prefix}: FAILED in {seconds:.1f} s: {err}", flush=True)
             self.failed = True
-            raise TrialFailed(message)
-        if pruned_at is not None:
-            seconds = end("pruned", "KILLED", {"sweep.pruned_at_step": str(pruned_at)})
-            print(f"{prefix}: pruned at step {pruned_at} after {seconds:.1f} s", flush=True)
-            raise optuna.TrialPruned(f"pruned at step {pruned_at}")
-        seconds = end("ok", "FINISHED")
+            raise
+        seconds = self._end(run_id, start, "ok", "FINISHED")
         print(f"{prefix}: finished in {seconds:.1f} s, {main}={metrics[main]:.4g}", flush=True)
         return float(metrics[main])
 
-    def _stages(self, trial: Trial, ot: optuna.Trial, run_id: str, logs: list[Path]) -> tuple[str, int | None]:
-        """Run ``fit`` then ``test``: an error message (``""`` if none) and the step where the trial was pruned."""
+    def _end(self, run_id: str, start: float, outcome: str, status: str, tags: dict[str, str] | None = None) -> float:
+        """Tag and end a trial's MLflow run; the seconds since ``start``."""
+        seconds = time.monotonic() - start
+        for key, value in ({"sweep.outcome": outcome, "sweep.seconds": f"{seconds:.1f}"} | (tags or {})).items():
+            self.client.set_tag(run_id, key, value[-5000:])  # MLflow's limit on a tag value
+        self.client.set_terminated(run_id, status)
+        return seconds
+
+    def _stages(self, trial: Trial, ot: optuna.Trial, run_id: str, logs: list[Path]) -> None:
+        """Run ``fit`` then ``test``; raises ``TrialFailed`` or ``optuna.TrialPruned`` (with the step)."""
         folder = Path(trial.output_dir)
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # a rerun must not resume from or pick old files
         folder.mkdir(parents=True, exist_ok=True)
 
-        def stage(name: str, extra: list[str]) -> str:
+        def stage(name: str, extra: list[str]) -> None:
             logs.append(folder / f"{name}.log")
             cmd = command_line(self.sweep, trial, name, [f"--{LOGGER_KEY}.run_id", run_id, *extra])
-            rc = self._process(cmd, logs[-1], self.env | {TRIAL_ENV: str(ot._trial_id)})
-            return f"{name} exited with code {rc} (log {logs[-1]})" if rc else ""
+            if rc := self._process(cmd, logs[-1], self.env | {TRIAL_ENV: str(ot._trial_id)}):
+                raise TrialFailed(f"{name} exited with code {rc} (log {logs[-1]})")
 
         monitor = "val/" + (self.sweep.metric or "val/Avg").split("/", 1)[-1]  # test/X is watched as val/X
         pruning = {"monitor": monitor, "pruner": self.sweep.pruner}
         pruning = {"class_path": "lit_hyperet.sweep.pruning.OptunaPruning", "init_args": pruning}
-        if message := stage("fit", [f"--trainer.callbacks+={json.dumps(pruning)}"] * (self.sweep.pruner != "none")):
-            return message, None
+        stage("fit", [f"--trainer.callbacks+={json.dumps(pruning)}"] * (self.sweep.pruner != "none"))
         attrs = self.study._storage.get_trial(ot._trial_id).user_attrs  # the trial's process may have set pruned_at
         if PRUNED_ATTR in attrs:
-            return "", int(attrs[PRUNED_ATTR])
+            raise optuna.TrialPruned(int(attrs[PRUNED_ATTR]))
         test = self.sweep.test
         if test is None:  # auto: whether the config the CLI resolved (and logged as run parameters) has a test split
             test = self.client.get_run(run_id).data.params.get("data/test_split", "None") not in ("None", "")
-        if not test:
-            return "", None
-        ckpt = folder / "checkpoints" / "last.ckpt"
-        if not ckpt.is_file():
-            return f"test: no {ckpt} (enable checkpoint.save_last)", None
-        return stage("test", ["--ckpt_path", str(ckpt)]), None
+        if test and not (ckpt := folder / "checkpoints" / "last.ckpt").is_file():
+            raise TrialFailed(f"test: no {ckpt} (enable checkpoint.save_last)")
+        if test:
+            stage("test", ["--ckpt_path", str(ckpt)])
 
     def _process(self, cmd: list[str], log_path: Path, env: dict[str, str]) -> int:
         """Run ``cmd`` in its own process group, output into ``log_path``; its exit code."""
