@@ -19,8 +19,8 @@ import yaml
 from lit_hyperet.user_errors import UserError
 
 PRUNERS = ("none", "median")
-#: Top-level CLI keys without a dot (anything else without a dot in ``axes`` is a bundle axis).
-PLAIN_TOP_LEVEL_KEYS = ("seed_everything", "ckpt_path")
+#: A bundle axis key: no dot, and none of the CLI's top-level keys ``config``, ``seed_everything``, ``ckpt_path``.
+_BUNDLE_KEY = re.compile(r"(?!(config|seed_everything|ckpt_path)$)[^.]+")
 CONFIG_KEY, NAME_KEY, SEED_KEY = "config", "name", "seed_everything"
 LOGGER_KEY = "trainer.logger.init_args"
 TEST_MODES = {None: "auto", True: "always", False: "never"}  # ``test:`` -> its name in the study's digest
@@ -31,13 +31,10 @@ class SweepError(UserError):
     """An invalid sweep file or override (the message names the file and key)."""
 
 
-def _key(default: Any, kind: Any, what: str, check: Callable[[Any], Any] | None = None) -> Any:
-    """A ``Sweep`` field read from the sweep file key of its name: an instance of ``kind`` passing ``check``."""
-    return field(default_factory=lambda: copy.copy(default), metadata={"kind": kind, "what": what, "check": check})
-
-
-def _list_of(kind: type, distinct: bool = False) -> Callable[[list[Any]], bool]:
-    return lambda values: {type(v) for v in values} == {kind} and (not distinct or len(set(values)) == len(values))
+def _key(default: Any, kind: Any, what: str, check: Callable[[Any], Any] | None = None, of: type | None = None) -> Any:
+    """A ``Sweep`` field read from the sweep file key of its name: a ``kind`` (a list: of ``of``) passing ``check``."""
+    meta = {"kind": kind, "what": what, "check": check, "of": of}
+    return field(default_factory=lambda: copy.copy(default), metadata=meta)
 
 
 @dataclass
@@ -53,11 +50,11 @@ class Sweep:
     axes: dict[str, list[Any]] = _key({}, Mapping, "a mapping of dotted CLI keys to value lists")
     exclude: list[dict[str, Any]] = _key([], list, "a list of mappings")
     include: list[dict[str, Any]] = _key([], list, "a list of mappings")  # alias: runs
-    seeds: list[int | None] = _key([None], list, "a list of integers, none twice", _list_of(int, True))
+    seeds: list[int | None] = _key([None], list, "a list of integers, none twice", lambda v: len(set(v)) == len(v), int)
     metric: str | None = _key(None, str, "a metric name")
     test: bool | None = _key(None, bool, "auto, true or false")  # None: auto, from the config the CLI resolved
     output_dir: str = _key("", str, "a directory", bool)
-    command: list[str] = _key(["python", "-m", "lit_hyperet"], list, "a non-empty list of strings", _list_of(str))
+    command: list[str] = _key(["python", "-m", "lit_hyperet"], list, "a non-empty list of strings", of=str)
     timeout: float | None = _key(None, (int, float), "a number of seconds", lambda v: not isinstance(v, bool))
     env: dict[str, str] = _key({}, Mapping, "a mapping of environment variable names to values",
                                lambda v: all(map(_ENV.fullmatch, map(str, v))))  # fmt: skip
@@ -124,10 +121,6 @@ def _config_path(name: Any, path: Path, key: str, optional: bool = False) -> Any
     return str(found)
 
 
-def _is_bundle_key(key: str) -> bool:
-    return "." not in key and key != CONFIG_KEY and key not in PLAIN_TOP_LEVEL_KEYS
-
-
 def _assignment(path: Path, where: str, mapping: Any, allow_name: bool, axis: bool = False) -> dict[str, Any]:
     """Dotted CLI keys to values (``axis``: to non-empty value lists, bundles named), config files resolved."""
     if not isinstance(mapping, Mapping):
@@ -140,7 +133,7 @@ def _assignment(path: Path, where: str, mapping: Any, allow_name: bool, axis: bo
             raise _error(path, f"{where}.{key}", "use the sweep's `seeds` list for seeds")
         if axis and (not isinstance(value, list) or not value):
             raise _error(path, f"{where}.{key}", f"expected a non-empty list of values, got {value!r}")
-        if axis and _is_bundle_key(key):
+        if axis and _BUNDLE_KEY.fullmatch(key):
             value = [_assignment(path, f"{where}.{key}[{i}]", v, allow_name=True) for i, v in enumerate(value)]
             if None in (names := [v.get(NAME_KEY) for v in value]) or len(set(names)) != len(names):
                 raise _error(
@@ -172,7 +165,8 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = (), extra_configs: I
     given |= {"command": shlex.split(given["command"])} if isinstance(given.get("command"), str) else {}
     for key, spec in keys.items():  # in the order of the Sweep's fields; configs is required
         value = given.get(key)
-        ok = isinstance(value, spec["kind"]) and (spec["check"] is None or spec["check"](value))
+        ok = isinstance(value, spec["kind"]) and (spec["of"] is None or {type(v) for v in value} == {spec["of"]})
+        ok = ok and (spec["check"] is None or spec["check"](value))
         if (key in given or key == "configs") and not ok:
             raise _error(path, key, f"expected {spec['what']}, got {value!r}")
     given.setdefault("output_dir", f"outputs/sweeps/{given.setdefault('name', path.stem)}")
@@ -260,7 +254,7 @@ def expand(sweep: Sweep) -> list[Trial]:
     for seed, (config, values) in itertools.product(sweep.seeds, labels.items()):
         name = config + ("" if seed is None else f",seed={seed}")
         out = f"{sweep.output_dir}/{dir_name(name)}"
-        bundled = {k for k, v in values.items() if isinstance(v, dict) and NAME_KEY in v and _is_bundle_key(k)}
+        bundled = {k for k, v in values.items() if isinstance(v, dict) and NAME_KEY in v and _BUNDLE_KEY.fullmatch(k)}
         flat = [kv for k, v in values.items() for kv in (v.items() if k in bundled else [(k, v)])]
         pairs = [(k, v) for k, v in flat if k not in (CONFIG_KEY, NAME_KEY)] + (
             [] if seed is None else [(SEED_KEY, seed)]
