@@ -59,7 +59,7 @@ def open_storage(url: str, heartbeat: float | None = None) -> optuna.storages.Ba
 class QueuedGridSampler(optuna.samplers.GridSampler):
     """The grid, handed out by the queue (failed points are queued again; the sweep stops on an empty queue)."""
 
-    def after_trial(self, *args: Any) -> None:  # GridSampler's would stop the study once every point was tried
+    def after_trial(self, *args: Any) -> None:  # GridSampler's stops once every point was tried, needs a grid id
         return None
 
 
