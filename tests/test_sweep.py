@@ -210,7 +210,7 @@ def test_bundle_and_config_axes_and_list_includes(tmp_path: Path, base_config: P
         ({"configs": ["base.yaml"], "axes": {VARIANT: ["a"]}, "exclude": [{SPACE: "x"}]}, "exclude: 'model.init"),
         ({"configs": ["base.yaml"], "axes": {"encoder": ["clip"]}}, "axes.encoder[0]: expected a mapping"),
         ({"configs": ["base.yaml"], "seeds": ["a"]}, "seeds: expected a list of integers"),
-        ({"configs": ["base.yaml"], "pruner": "hyperband"}, "pruner: 'hyperband' is not one of none, median"),
+        ({"configs": ["base.yaml"], "pruner": "hyperband"}, "pruner: expected one of none, median, got 'hyperband'"),
     ],
 )
 def test_errors_name_the_file_and_key(tmp_path: Path, base_config: Path, content: dict, message: str) -> None:

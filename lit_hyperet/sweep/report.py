@@ -1,11 +1,4 @@
-"""The ablation table of a sweep from its study (``study.trials_dataframe()``) and MLflow runs (``mlflow.search_runs``),
-built with pandas: ``ablation.md``, ``ablation.csv`` and ``ablation.png``, logged to the parent run.
-
-One row per configuration (seeds grouped): the sweep's axis values; where the runs use HyperET, its variant, band width
-d, block size and count, space, the encoder, n, the adapted modules and the exact parameter count; trainable parameters
-and Δ against the baseline (no HyperET, same encoder where there is one); every ``val/*`` and ``test/*`` metric as mean
-± sample std over the completed seeds (pruned and failed trials are counted, not averaged) and the HyperET diagnostics.
-"""
+"""The ablation table of a sweep from its study and MLflow runs, built with pandas: ``ablation.{md,csv,png}``."""
 
 from __future__ import annotations
 
@@ -27,21 +20,15 @@ from lit_hyperet.tasks.scienceqa.rules import CATEGORIES
 DEVIATION, CLAMP, DASH = "hyperet/identity_deviation_max", "hyperet/clamp_fraction_mean", "—"
 #: Columns shown where the runs use HyperET -> the run parameters they show (the first one logged).
 HYPERET_COLUMNS = {
-    "variant": ["hyperet/variant"],
-    "d": ["hyperet/band_width"],
-    "block size": ["hyperet/block_size"],
-    "blocks": ["hyperet/num_blocks"],
-    "space": ["hyperet/space"],
+    "variant": ["hyperet/variant"], "d": ["hyperet/band_width"], "block size": ["hyperet/block_size"],
+    "blocks": ["hyperet/num_blocks"], "space": ["hyperet/space"],
     "encoder": ["model/init_args/vision", "model/init_args/vision_path", "model/init_args/path"],
-    "n": ["params/hyperet_n"],
-    "adapted": ["params/hyperet_adapted_modules"],
-    "HyperET params": ["params/hyperet"],
-}
-BASELINE_NOTE = (
-    " Δparams and Δ are against the baseline without HyperET (same encoder where there is one). HyperET params are"
-    " the exact counts the runs logged for the `adapted` n×n matrices."
-)
+    "n": ["params/hyperet_n"], "adapted": ["params/hyperet_adapted_modules"], "HyperET params": ["params/hyperet"],
+}  # fmt: skip
+BASELINE_NOTE = (" Δparams and Δ are against the baseline without HyperET (same encoder where there is one). HyperET "
+                 "params are the exact counts the runs logged for the `adapted` n×n matrices.")  # fmt: skip
 COUNTS = {"d": "", "block size": "", "blocks": "", "n": "", "adapted": "", "HyperET params": ",", "trainable": ","}
+COUNTS["Δparams"] = "+,"
 
 
 @dataclass
@@ -65,8 +52,7 @@ def trial_runs(study: optuna.Study, client: MlflowClient) -> pd.DataFrame:
     frame = frame.dropna(subset=["params_config"]).sort_values(["rank", "number"])
     frame = frame.groupby(["params_config", "params_seed"], dropna=False).tail(1)
     frame = frame.rename(columns={"user_attrs_mlflow_run_id": "run_id"})
-    parent = study.user_attrs.get(PARENT_ATTR)
-    if parent is None or "run_id" not in frame:
+    if (parent := study.user_attrs.get(PARENT_ATTR)) is None or "run_id" not in frame:
         return frame.assign(run_id=None)
     mlflow.set_tracking_uri(client.tracking_uri)
     experiment = client.get_run(parent).info.experiment_id
@@ -125,13 +111,11 @@ def build_report(sweep: Sweep, trials: list[Trial], study: optuna.Study, client:
         if f"{main} mean" in table:
             table["Δ main"] = table[f"{main} mean"].to_numpy() - table.loc[refs, f"{main} mean"].to_numpy()
     states = pd.crosstab(runs["params_config"], runs["state"]).reindex(table.index, fill_value=0)
-    for state, column in (("COMPLETE", "completed"), ("PRUNED", "pruned"), ("FAIL", "failed")):
-        table[column] = states.get(state, 0)
+    table[["completed", "pruned", "failed"]] = states.reindex(columns=["COMPLETE", "PRUNED", "FAIL"], fill_value=0)
     table["seeds total"] = pd.Series([t.config_name for t in trials]).value_counts()
     labels = {c: " · ".join(map(cli_value, t.values.values())) for c, t in configs.items() if t.values}
     table["label"] = [c if NAME_KEY in configs[c].values else labels.get(c, c) for c in configs]
-    parent = study.user_attrs.get(PARENT_ATTR)
-    return Report(sweep, parent, table.reset_index(drop=True), columns, metrics, main)
+    return Report(sweep, study.user_attrs.get(PARENT_ATTR), table.reset_index(drop=True), columns, metrics, main)
 
 
 def is_accuracy(name: str) -> bool:
@@ -144,17 +128,16 @@ def _cell(value: Any, spec: str = "", count: bool = False) -> str:
     """``—`` for a missing value, a string as it is, a count as an integer (no sign or separator for 0)."""
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return DASH
-    return (
-        value if isinstance(value, str) else format(int(value), spec if value else "") if count else format(value, spec)
-    )
+    if isinstance(value, str):
+        return value
+    return format(int(value), spec if value else "") if count else format(value, spec)
 
 
 def formatted(report: Report) -> pd.DataFrame:
     """The markdown table's cells."""
     t, main = report.table, report.main_metric
-    counts = COUNTS | {"Δparams": "+,"}
     columns = [c for c in ["configuration", *report.columns, "trainable", "Δparams"] if c in t]
-    out = pd.DataFrame({c: [_cell(v, counts.get(c, ""), c in counts) for v in t[c]] for c in columns})
+    out = pd.DataFrame({c: [_cell(v, COUNTS.get(c, ""), c in COUNTS) for v in t[c]] for c in columns})
     for metric in report.metrics:  # mean ± std as logged (accuracies in percent), no ± for one seed
         spec = ".2f" if is_accuracy(metric) else ".4g"
         pairs = zip(t[f"{metric} mean"], t[f"{metric} std"], strict=True)
@@ -164,38 +147,9 @@ def formatted(report: Report) -> pd.DataFrame:
     if "HyperET params" in report.columns:  # the runs use HyperET
         out["identity dev. (max)"] = [_cell(v, ".2g") for v in t[f"{DEVIATION} mean"]]
         out["clamp fraction"] = [_cell(v, ".2g") for v in t[f"{CLAMP} mean"]]
-    out["seeds"] = [
-        f"{c}/{n}" + (f" ({p} pruned)" if p else "") + (f" ({f} failed)" if f else "")
-        for c, n, p, f in zip(t["completed"], t["seeds total"], t["pruned"], t["failed"], strict=True)
-    ]
+    seeds = zip(t["completed"], t["seeds total"], t["pruned"], t["failed"], strict=True)
+    out["seeds"] = [f"{c}/{n}" + f" ({p} pruned)" * bool(p) + f" ({f} failed)" * bool(f) for c, n, p, f in seeds]
     return out
-
-
-def to_markdown(report: Report) -> str:
-    """The table with a short header explaining units and conventions."""
-    sweep, t = report.sweep, report.table
-    lines = [
-        f"# Ablation: {sweep.name}",
-        "",
-        f"Sweep `{sweep.path}`, MLflow experiment `{sweep.experiment}`, parent run `{report.parent_id}`: "
-        f"{t['seeds total'].sum()} trials, {t['completed'].sum()} completed, {t['pruned'].sum()} pruned, "
-        f"{t['failed'].sum()} failed (pruned and failed ones are left out of the means).",
-        f"Main metric: `{report.main_metric}`. Metrics as logged (accuracies in %), mean ± sample std over the "
-        "completed seeds." + (BASELINE_NOTE if "Δparams" in t else ""),
-        "",
-        markdown_table(formatted(report)),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def console_table(report: Report, width: int = 120) -> str:
-    """A summary fitting ``width`` columns: configuration, counts, the main metric (the full table is in the files)."""
-    cells = formatted(report)
-    main = [report.main_metric, f"Δ {report.main_metric}"] if report.main_metric else []
-    cells = cells[[c for c in ["configuration", "HyperET params", "Δparams", "seeds", *main] if c in cells]].copy()
-    budget = width - sum(max(len(c), cells[c].str.len().max()) + 3 for c in cells.columns[1:]) - 4
-    cells["configuration"] = cells["configuration"].map(lambda s: s if len(s) <= budget else s[: budget - 1] + "…")
-    return markdown_table(cells)
 
 
 def chart_figure(report: Report) -> Figure:
@@ -219,16 +173,25 @@ def chart_figure(report: Report) -> Figure:
 
 
 def report(sweep: Sweep, trials: list[Trial], study: optuna.Study, client: MlflowClient) -> int:
-    """Write the ablation table as ``ablation.md``, ``.csv`` and ``.png`` into the sweep's output dir, log them to the
-    parent run and print a summary; exit code 0."""
+    """Write ``ablation.{md,csv,png}`` into the sweep's output dir, log them to the parent run, print a summary."""
     result, out_dir = build_report(sweep, trials, study, client), Path(sweep.output_dir)
+    t, header = result.table, [f"# Ablation: {sweep.name}", ""]
+    header.append(f"Sweep `{sweep.path}`, MLflow experiment `{sweep.experiment}`, parent run `{result.parent_id}`: "
+                  f"{t['seeds total'].sum()} trials, {t['completed'].sum()} completed, {t['pruned'].sum()} pruned, "
+                  f"{t['failed'].sum()} failed (pruned and failed ones are left out of the means).")  # fmt: skip
+    header.append(f"Main metric: `{result.main_metric}`. Metrics as logged (accuracies in %), mean ± sample std over "
+                  "the completed seeds." + (BASELINE_NOTE if "Δparams" in t else "") + "\n")  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"ablation.{ext}" for ext in ("md", "csv", "png")]
-    paths[0].write_text(to_markdown(result))
-    result.table.to_csv(paths[1], index=False)
+    paths[0].write_text("\n".join([*header, markdown_table(cells := formatted(result))]) + "\n")
+    t.to_csv(paths[1], index=False)
     chart_figure(result).savefig(paths[2], dpi=120)
     for path in paths if result.parent_id is not None else ():
         client.log_artifact(result.parent_id, str(path))
-    print(console_table(result))
+    main = [result.main_metric, f"Δ {result.main_metric}"] if result.main_metric else []  # the console's summary:
+    cells = cells[[c for c in ["configuration", "HyperET params", "Δparams", "seeds", *main] if c in cells]].copy()
+    budget = 120 - sum(max(len(c), cells[c].str.len().max()) + 3 for c in cells.columns[1:]) - 4
+    cells["configuration"] = cells["configuration"].map(lambda s: s if len(s) <= budget else s[: budget - 1] + "…")
+    print(markdown_table(cells))
     print("wrote " + ", ".join(map(str, paths)) + f" (logged to parent run {result.parent_id})", flush=True)
     return 0

@@ -1,8 +1,4 @@
-"""The Optuna study of a sweep (storage, ``GridSampler``, the queue of trials) and the workers running its trials: each
-a ``python -m lit_hyperet fit`` (then ``test``) subprocess logging into an MLflow child run of the parent run,
-``--jobs N`` at once through ``study.optimize``, which keeps the heartbeat of RDB storages (a trial whose worker died
-is failed and queued again). SIGTERM or Ctrl-C stops the trials' process groups and records them as failed / killed.
-"""
+"""A sweep's Optuna study (storage, ``GridSampler``, queue) and the workers running its trials as CLI subprocesses."""
 
 from __future__ import annotations
 
@@ -25,7 +21,7 @@ from typing import Any
 import optuna
 from mlflow import MlflowClient
 
-from lit_hyperet.sweep.spec import Sweep, SweepError, Trial, axis_tags, command_line, definition_digest
+from lit_hyperet.sweep.spec import LOGGER_KEY, Sweep, SweepError, Trial, axis_tags, command_line, definition_digest
 
 CONFIG_PARAM, SEED_PARAM = "config", "seed"
 PARENT_ATTR, PRUNED_ATTR = "mlflow_parent_run_id", "pruned_at_step"  # study and trial user attributes
@@ -34,15 +30,8 @@ STORAGE_ENV, STUDY_ENV, TRIAL_ENV = "LIT_HYPERET_SWEEP_STORAGE", "LIT_HYPERET_SW
 STOP_GRACE_S = 20.0
 
 
-def default_storage(mlflow_uri: str) -> str:
-    """``sqlite:///…/optuna.db`` beside a sqlite MLflow store, else ``sqlite:///optuna.db`` in the working dir."""
-    database = mlflow_uri.removeprefix("sqlite:///") if mlflow_uri.startswith("sqlite:///") else "mlflow.db"
-    return "sqlite:///" + str(Path(database).with_name("optuna.db"))
-
-
 class LockedSQLiteStorage(optuna.storages.RDBStorage):
-    """sqlite storage taking trials under a file lock: PostgreSQL locks the row of a queued trial it hands out
-    (``SELECT … FOR UPDATE``), sqlite does not, so two workers could take the same trial (needs a local disk)."""
+    """sqlite storage handing out queued trials under a file lock (PostgreSQL locks the row, sqlite does not)."""
 
     def set_trial_state_values(self, trial_id: int, state: Any, values: Any = None) -> bool:
         with open(self.url.removeprefix("sqlite:///") + ".lock", "a") as lock:
@@ -54,11 +43,10 @@ def open_storage(url: str, heartbeat: float | None = None) -> optuna.storages.Ba
     """``journal:PATH`` or an SQLAlchemy URL; RDB storages get a heartbeat every ``heartbeat`` seconds."""
     if url.startswith("journal:"):
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url.removeprefix("journal:")))
-    sqlite = url.startswith("sqlite:///")
+    sqlite, beat = url.startswith("sqlite:///"), {}
     try:
         with warnings.catch_warnings():  # heartbeats are marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            beat = {}
             if heartbeat:
                 beat = {"heartbeat_interval": max(1, round(heartbeat)), "grace_period": max(2, round(2 * heartbeat))}
                 beat["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback()
@@ -69,10 +57,9 @@ def open_storage(url: str, heartbeat: float | None = None) -> optuna.storages.Ba
 
 
 class QueuedGridSampler(optuna.samplers.GridSampler):
-    """The grid, handed out by the queue: ``GridSampler.after_trial`` would stop the study once every point was tried
-    (failed points are queued again) and expects a grid id queued trials lack; the sweep stops on an empty queue."""
+    """The grid, handed out by the queue (failed points are queued again; the sweep stops on an empty queue)."""
 
-    def after_trial(self, *args: Any) -> None:
+    def after_trial(self, *args: Any) -> None:  # GridSampler's stops once every point was tried, needs a grid id
         return None
 
 
@@ -94,10 +81,8 @@ def open_study(sweep: Sweep, trials: list[Trial], storage: optuna.storages.BaseS
     try:
         return optuna.load_study(**kwargs)
     except KeyError as err:
-        raise SweepError(
-            f"sweep {sweep.path}: no study {name!r} in the storage yet: run or `--prepare` the sweep first, with the "
-            "same --override/--config options and --storage"
-        ) from err
+        raise SweepError(f"sweep {sweep.path}: no study {name!r} in the storage yet: run or `--prepare` the sweep "
+                         "first, with the same --override/--config options and --storage") from err  # fmt: skip
 
 
 def queue(study: optuna.Study, trials: list[Trial], max_trials: int | None = None) -> tuple[list[Trial], int]:
@@ -139,16 +124,14 @@ def _signal_group(proc: subprocess.Popen, sig: signal.Signals) -> None:
 class Runner:
     """Takes queued trials of ``study`` until none is left, ``jobs`` at a time, and records each in MLflow."""
 
-    def __init__(
-        self, sweep: Sweep, trials: list[Trial], study: optuna.Study, storage: str, client: MlflowClient, jobs: int
-    ) -> None:
-        self.sweep, self.study, self.client, self.jobs = sweep, study, client, jobs
+    def __init__(self, sweep: Sweep, trials: list[Trial], study: optuna.Study, storage: str, jobs: int) -> None:
+        self.sweep, self.study, self.jobs, self.client = sweep, study, jobs, MlflowClient()
         self.by_point = {(t.config_name, t.seed): t for t in trials}
         self.parent_id = study.user_attrs[PARENT_ATTR]
-        self.experiment_id = client.get_run(self.parent_id).info.experiment_id
+        self.experiment_id = self.client.get_run(self.parent_id).info.experiment_id
         threads = str(max(1, (os.cpu_count() or 1) // jobs))
         self.env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} | dict(os.environ) | sweep.env
-        self.env |= {"MLFLOW_TRACKING_URI": client.tracking_uri, "PYTHONUNBUFFERED": "1"}
+        self.env |= {"MLFLOW_TRACKING_URI": self.client.tracking_uri, "PYTHONUNBUFFERED": "1"}
         self.env |= {STORAGE_ENV: storage, STUDY_ENV: study.study_name}
         self.procs: set[subprocess.Popen] = set()
         self.stopping, self.signum, self.failed = 0, 0, False
@@ -192,90 +175,77 @@ class Runner:
             raise TrialFailed("queue empty")
         configs = list(dict.fromkeys(c for c, _ in self.by_point))
         point = ot.suggest_categorical(CONFIG_PARAM, configs), ot.suggest_categorical(SEED_PARAM, self.sweep.seeds)
-        trial = self.by_point[point]
-        tags = axis_tags(trial) | {
-            "mlflow.parentRunId": self.parent_id,
-            "sweep.role": "trial",
-            "sweep.trial": trial.name,
-        }
+        trial, seed = self.by_point[point], "" if point[1] is None else str(point[1])
+        tags = axis_tags(trial) | {"mlflow.parentRunId": self.parent_id, "sweep.role": "trial", "sweep.seed": seed}
         tags |= {"sweep.name": self.sweep.name, "sweep.study": self.study.study_name, "sweep.config": trial.config_name}
-        tags |= {"sweep.seed": "" if trial.seed is None else str(trial.seed), "optuna.trial_number": str(ot.number)}
+        tags |= {"sweep.trial": trial.name, "optuna.trial_number": str(ot.number)}
         run_id = self.client.create_run(self.experiment_id, run_name=trial.name, tags=tags).info.run_id
         for name, value in {"mlflow_run_id": run_id, "trial_name": trial.name, "output_dir": trial.output_dir}.items():
             ot.set_user_attr(name, value)
         prefix = f"[{trial.index + 1}/{len(self.by_point)}] {trial.name} (trial {ot.number})"
         print(f"{prefix}: running (logs in {trial.output_dir})", flush=True)
         start, logs = time.monotonic(), []
-
-        def end(outcome: str, status: str, tags: dict[str, str] | None = None) -> float:
-            tags = {"sweep.outcome": outcome, "sweep.seconds": f"{time.monotonic() - start:.1f}"} | (tags or {})
-            for key, value in tags.items():
-                self.client.set_tag(run_id, key, value[-5000:])  # MLflow's limit on a tag value
-            self.client.set_terminated(run_id, status)
-            return time.monotonic() - start
-
         try:
-            message, pruned_at = self._stages(trial, ot, run_id, logs)
+            self._stages(trial, ot, run_id, logs)
+            metrics = self.client.get_run(run_id).data.metrics
+            main = next((m for m in (self.sweep.metric, "test/Avg", "val/Avg") if m and m in metrics), None)
+            if main is None:
+                raise TrialFailed(f"the run logged none of {self.sweep.metric or 'test/Avg, val/Avg'}")
         except Interrupted:
-            end("killed", "KILLED")
+            self._end(run_id, start, "killed", "KILLED")
             print(f"{prefix}: killed", flush=True)
             raise
-        metrics = self.client.get_run(run_id).data.metrics
-        main = next((m for m in (self.sweep.metric, "test/Avg", "val/Avg") if m and m in metrics), None)
-        if not message and pruned_at is None and main is None:
-            message = f"the run logged none of {self.sweep.metric or 'test/Avg, val/Avg'}"
-        if message:
-            texts = {log.name: log.read_text(errors="replace") for log in logs if log.is_file()}
-            rows = [
-                row.rsplit("\r", 1)[-1]
-                for name, text in texts.items()
-                for row in [f"==> {name} <==", *text.split("\n")]
-            ]
-            tail = "\n".join([row for row in rows if row.strip()][-50:]) + "\n"  # progress bars: their last state
+        except optuna.TrialPruned as step:
+            seconds = self._end(run_id, start, "pruned", "KILLED", {"sweep.pruned_at_step": str(step)})
+            print(f"{prefix}: pruned at step {step} after {seconds:.1f} s", flush=True)
+            raise
+        except TrialFailed as err:  # the logs' last 50 lines, progress bars in their last state
+            rows = [f"==> {log.name} <==\n" + log.read_text(errors="replace") for log in logs if log.is_file()]
+            rows = [row.rsplit("\r", 1)[-1] for text in rows for row in text.split("\n")]
+            tail = "\n".join([row for row in rows if row.strip()][-50:]) + "\n"
             self.client.log_text(run_id, tail, "log_tail.txt")
-            seconds = end("failed", "FAILED", {"sweep.error": message, "sweep.log_tail": tail})
-            print(f"{prefix}: FAILED in {seconds:.1f} s: {message}", flush=True)
+            seconds = self._end(run_id, start, "failed", "FAILED", {"sweep.error": str(err), "sweep.log_tail": tail})
+            print(f"{prefix}: FAILED in {seconds:.1f} s: {err}", flush=True)
             self.failed = True
-            raise TrialFailed(message)
-        if pruned_at is not None:
-            seconds = end("pruned", "KILLED", {"sweep.pruned_at_step": str(pruned_at)})
-            print(f"{prefix}: pruned at step {pruned_at} after {seconds:.1f} s", flush=True)
-            raise optuna.TrialPruned(f"pruned at step {pruned_at}")
-        seconds = end("ok", "FINISHED")
+            raise
+        seconds = self._end(run_id, start, "ok", "FINISHED")
         print(f"{prefix}: finished in {seconds:.1f} s, {main}={metrics[main]:.4g}", flush=True)
         return float(metrics[main])
 
-    def _stages(self, trial: Trial, ot: optuna.Trial, run_id: str, logs: list[Path]) -> tuple[str, int | None]:
-        """Run ``fit`` then ``test``: an error message (``""`` if none) and the step where the trial was pruned."""
+    def _end(self, run_id: str, start: float, outcome: str, status: str, tags: dict[str, str] | None = None) -> float:
+        """Tag and end a trial's MLflow run; the seconds since ``start``."""
+        seconds = time.monotonic() - start
+        for key, value in ({"sweep.outcome": outcome, "sweep.seconds": f"{seconds:.1f}"} | (tags or {})).items():
+            self.client.set_tag(run_id, key, value[-5000:])  # MLflow's limit on a tag value
+        self.client.set_terminated(run_id, status)
+        return seconds
+
+    def _stages(self, trial: Trial, ot: optuna.Trial, run_id: str, logs: list[Path]) -> None:
+        """Run ``fit`` then ``test``; raises ``TrialFailed`` or ``optuna.TrialPruned`` (with the step)."""
         folder = Path(trial.output_dir)
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # a rerun must not resume from or pick old files
         folder.mkdir(parents=True, exist_ok=True)
 
-        def stage(name: str, extra: list[str]) -> str:
+        def stage(name: str, extra: list[str]) -> None:
             logs.append(folder / f"{name}.log")
-            env = self.env | {TRIAL_ENV: str(ot._trial_id)}
-            rc = self._process(command_line(self.sweep, trial, name, run_id, extra), logs[-1], env)
-            return f"{name} exited with code {rc} (log {logs[-1]})" if rc else ""
+            cmd = command_line(self.sweep, trial, name, [f"--{LOGGER_KEY}.run_id", run_id, *extra])
+            if rc := self._process(cmd, logs[-1], self.env | {TRIAL_ENV: str(ot._trial_id)}):
+                raise TrialFailed(f"{name} exited with code {rc} (log {logs[-1]})")
 
         monitor = "val/" + (self.sweep.metric or "val/Avg").split("/", 1)[-1]  # test/X is watched as val/X
         pruning = {"monitor": monitor, "pruner": self.sweep.pruner}
         pruning = {"class_path": "lit_hyperet.sweep.pruning.OptunaPruning", "init_args": pruning}
-        if message := stage("fit", [f"--trainer.callbacks+={json.dumps(pruning)}"] * (self.sweep.pruner != "none")):
-            return message, None
-        attrs = self.study._storage.get_trial(
-            ot._trial_id
-        ).user_attrs  # the trial's process may have set pruned_at_step
+        stage("fit", [f"--trainer.callbacks+={json.dumps(pruning)}"] * (self.sweep.pruner != "none"))
+        attrs = self.study._storage.get_trial(ot._trial_id).user_attrs  # the trial's process may have set pruned_at
         if PRUNED_ATTR in attrs:
-            return "", int(attrs[PRUNED_ATTR])
+            raise optuna.TrialPruned(int(attrs[PRUNED_ATTR]))
         test = self.sweep.test
         if test is None:  # auto: whether the config the CLI resolved (and logged as run parameters) has a test split
             test = self.client.get_run(run_id).data.params.get("data/test_split", "None") not in ("None", "")
-        if not test:
-            return "", None
-        ckpt = folder / "checkpoints" / "last.ckpt"
-        if not ckpt.is_file():
-            return f"test: no {ckpt} (enable checkpoint.save_last)", None
-        return stage("test", ["--ckpt_path", str(ckpt)]), None
+        if test and not (ckpt := folder / "checkpoints" / "last.ckpt").is_file():
+            raise TrialFailed(f"test: no {ckpt} (enable checkpoint.save_last)")
+        if test:
+            stage("test", ["--ckpt_path", str(ckpt)])
 
     def _process(self, cmd: list[str], log_path: Path, env: dict[str, str]) -> int:
         """Run ``cmd`` in its own process group, output into ``log_path``; its exit code."""
@@ -284,9 +254,8 @@ class Runner:
             log.flush()
             if self.stopping:
                 raise Interrupted
-            proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=self.preexec
-            )
+            popen = {"stdout": log, "stderr": subprocess.STDOUT, "start_new_session": True, "preexec_fn": self.preexec}
+            proc = subprocess.Popen(cmd, env=env, **popen)
             self.procs.add(proc)  # a signal arriving just before is caught up by the SIGKILL after the grace period
             try:
                 rc = proc.wait(timeout=self.sweep.timeout)
