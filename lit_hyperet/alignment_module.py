@@ -279,15 +279,19 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
             return list(captions)
         return prune_captions(captions, self.hparams.rtp_prob, self.hparams.rtp_mode, self.step_generator("rtp"))
 
-    def step_generator(self, purpose: str) -> torch.Generator:
-        """A CPU generator for this step's random draws (RTP, RQS), seeded from the run's seed, the step, the rank and
-        ``purpose``: the draws repeat on resume and leave torch's global RNG alone, which the ranks' shares of the
-        training data depend on (the caption sampler draws from it on every rank alike)."""
+    def step_seed(self, purpose: str) -> int:
+        """The seed of this step's random draws for ``purpose``, from the run's seed, the step and the rank: the draws
+        repeat on resume and leave torch's global CPU RNG alone, which the ranks' shares of the training data depend on
+        (the caption sampler draws from it on every rank alike)."""
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         rank = self.global_rank if self._trainer is not None else 0
         step = self.global_step if self._trainer is not None else 0
         key = f"{seed}/{step}/{rank}/{purpose}".encode()
-        return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
+        return int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
+
+    def step_generator(self, purpose: str) -> torch.Generator:
+        """A CPU generator for this step's random draws for ``purpose`` (RTP, RQS), seeded by :meth:`step_seed`."""
+        return torch.Generator().manual_seed(self.step_seed(purpose))
 
     # ------------------------------------------------------------------------------------------------ optimisation
 
@@ -335,7 +339,15 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Symmetric InfoNCE over the batch's image–caption pairs (captions pruned by RTP first), plus the weighted
-        entailment and ITM terms when they are on."""
+        entailment and ITM terms when they are on. Whatever the step draws from torch's CPU RNG (the model's dropout
+        on the CPU) comes from a state seeded by :meth:`step_seed`, and the global CPU RNG is left as it was: the
+        ranks' draws differ with their batches (captions of other lengths), and the caption sampler needs their global
+        RNGs to agree."""
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(self.step_seed("cpu"))
+            return self._training_step(batch)
+
+    def _training_step(self, batch: dict[str, Any]) -> torch.Tensor:
         captions = self.training_captions(batch["captions"])
         self.configure_model()
         matching = self.hparams.itm_weight > 0

@@ -8,7 +8,8 @@ and return the input's dtype: hyperbolic maps in bf16/fp16 leave the ball.
 Three families live here:
 
 * thin wrappers over geoopt (:func:`exp0`, :func:`log0`, :func:`mobius_matvec`, :func:`project`, :func:`radius`),
-  used wherever geoopt's own epsilons are acceptable, and the all-pairs Poincaré distance
+  used wherever geoopt's own epsilons are acceptable, which run geoopt's TorchScript functions unoptimised so that
+  every call gives the same values and gradients (:func:`plain_torchscript`), and the all-pairs Poincaré distance
   (:func:`poincare_pairwise_distance`, closed form, checked against geoopt's ``dist``);
 * :func:`released_hyperbolic_chain`, the one function that writes out the clamped chain of the released HyperET code
   (``log0(M ⊗_c exp0(w))`` with its specific clamps), because geoopt's epsilons differ from the released ones;
@@ -64,6 +65,23 @@ def at_least_fp32(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     return wrapper
 
 
+def plain_torchscript(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Run ``fn`` (a call into geoopt's TorchScript functions) with the JIT's optimising executor off.
+
+    The profiling executor runs a scripted function as written on its first call and from then on an optimised graph
+    whose gradients (TorchScript's own derivative formulas) round differently: the same inputs would get different
+    gradients at a process's first step, so a resumed fit would drift from the uninterrupted one. Off, every call is
+    the plain interpreter with autograd's derivatives.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.jit.optimized_execution(False):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def _k(c: float | Tensor, like: Tensor) -> Tensor:
     """geoopt's sectional curvature ``k = -c`` as a tensor on ``like``'s device and dtype."""
     c = c if isinstance(c, Tensor) else torch.tensor(float(c), dtype=torch.float64)
@@ -71,30 +89,35 @@ def _k(c: float | Tensor, like: Tensor) -> Tensor:
 
 
 @at_least_fp32
+@plain_torchscript
 def exp0(v: Tensor, c: float | Tensor = 0.01) -> Tensor:
     """Exponential map at the origin: ``tanh(√c‖v‖) v / (√c‖v‖)``."""
     return pmath.expmap0(v, k=_k(c, v))
 
 
 @at_least_fp32
+@plain_torchscript
 def log0(y: Tensor, c: float | Tensor = 0.01) -> Tensor:
     """Logarithmic map at the origin: ``artanh(√c‖y‖) y / (√c‖y‖)``."""
     return pmath.logmap0(y, k=_k(c, y))
 
 
 @at_least_fp32
+@plain_torchscript
 def mobius_matvec(m: Tensor, x: Tensor, c: float | Tensor = 0.01) -> Tensor:
     """Möbius matrix-vector product ``M ⊗_c x`` of a dense ``(n, n)`` matrix with the rows of ``x`` (Ganea et al.)."""
     return pmath.mobius_matvec(m, x, k=_k(c, x))
 
 
 @at_least_fp32
+@plain_torchscript
 def project(x: Tensor, c: float | Tensor = 0.01, eps: float = PROJECT_EPS) -> Tensor:
     """Rescale rows whose norm exceeds ``(1 - eps)/√c`` back inside the ball."""
     return pmath.project(x, k=_k(c, x), eps=eps)
 
 
 @at_least_fp32
+@plain_torchscript
 def radius(x: Tensor, c: float | Tensor = 0.01) -> Tensor:
     """Hyperbolic radius (distance to the origin) of ball points: ``(2/√c) artanh(√c‖x‖)``; reduces the last dim."""
     return pmath.dist0(x, k=_k(c, x))

@@ -626,3 +626,21 @@ def test_rtp_and_rqs_leave_the_global_rng_alone_and_repeat_per_step(tiny_blip2_d
     assert torch.equal(torch.get_rng_state(), state)
     assert module.training_captions(captions) == first and first != captions
     assert torch.equal(head.scores(image, text, "rqs", module.step_generator("rqs")), picked)
+
+
+def test_a_training_step_draws_dropout_from_its_own_state_and_leaves_the_global_rng_alone(tiny_blip2_dir: Path) -> None:
+    """The Q-Former's dropout on the CPU draws from a state seeded by the run's seed, the step and the rank: the global
+    RNG (the caption sampler's, alike on every rank) is where it was, the same step gives the same loss again, and
+    the draws are dropout's (evaluation mode gives another loss)."""
+    module = make_module(tiny_blip2_dir)
+    module.configure_model()
+    module.train()
+    assert module.blip2.config.qformer_config.hidden_dropout_prob > 0
+    batch = train_batch(module.processor)
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        first, again = module.training_step(batch, 0), module.training_step(batch, 0)
+        assert torch.equal(torch.get_rng_state(), state)
+        assert torch.equal(first, again)
+        module.eval()
+        assert not torch.equal(module.training_step(batch, 0), first)

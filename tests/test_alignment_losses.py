@@ -168,6 +168,7 @@ def test_entailment_and_itm_train_a_few_steps_on_the_hardest_pairs(
         return mined
 
     monkeypatch.setattr(alignment_module, "hardest_negatives", spy)
+    torch.manual_seed(0)  # the data order and dropout: the same few steps whichever tests ran before
     record = Record()
     trainer = Trainer(
         accelerator="cpu",

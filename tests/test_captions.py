@@ -13,6 +13,8 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+import torch.multiprocessing as mp
+from helpers.resumable_ddp import resume_rank
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch import seed_everything
 from PIL import Image
@@ -326,6 +328,14 @@ def test_training_resumes_inside_an_list(karpathy: Path, processor: SimpleNamesp
     resumed = dm.train_dataloader()
     resumed.load_state_dict(state)
     assert before + [pairs([b]) for b in resumed] == whole
+
+
+def test_each_rank_resumes_from_its_own_rng_states(tmp_path: Path) -> None:
+    # fork: the children inherit the imported modules (spawn would re-import torch, several seconds)
+    mp.start_processes(resume_rank, args=(2, str(tmp_path)), nprocs=2, start_method="fork")
+    for rank in range(2):
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert result == {"same_rest": True, "same_draws": True}, rank
 
 
 def test_ranks_split_the_epoch_under_lightnings_distributed_wrapper(karpathy: Path, processor: SimpleNamespace) -> None:

@@ -406,6 +406,7 @@ def test_a_run_ends_the_process_group_it_created_and_keeps_the_callers(
 # ---------------------------------------------------------------------------------------------------- alignment
 
 ALIGNMENT_STEPS = 3
+ALIGNMENT_RESUME_FROM = 2  # the end of the first epoch (2 steps of 8 images per rank)
 
 
 def alignment_fit_args(model_dir: Path, data_dir: Path, out: Path, strategy: str) -> list[str]:
@@ -458,6 +459,10 @@ def alignment_fit_args(model_dir: Path, data_dir: Path, out: Path, strategy: str
         "lightning.pytorch.loggers.CSVLogger",
         "--trainer.logger.init_args.save_dir",
         str(out / "logs"),
+        "--checkpoint.every_n_train_steps",  # every step kept: a resume starts from the step-2 one
+        "1",
+        "--checkpoint.save_top_k",
+        "-1",
         "--trainer.callbacks+=helpers.rank_state.SaveTrainableStatePerRank",
         f"--trainer.callbacks.out_dir={out / 'ranks'}",
     ]
@@ -475,6 +480,19 @@ def alignment_runs(tiny_blip2_dir: Path, tmp_path_factory: pytest.TempPathFactor
         launch(alignment_fit_args(tiny_blip2_dir, data, base / strategy, strategy), base / strategy)
         runs[strategy] = Run(base / strategy)
     return runs
+
+
+@pytest.fixture(scope="module")
+def alignment_resumed(alignment_runs: dict[str, Run], tiny_blip2_dir: Path) -> Run:
+    """The FSDP2 alignment fit resumed with ``--ckpt_path`` from its step-``ALIGNMENT_RESUME_FROM`` checkpoint."""
+    fsdp = alignment_runs["fsdp"]
+    (checkpoint,) = fsdp.last.parent.glob(f"*-step={ALIGNMENT_RESUME_FROM}.ckpt")
+    out = fsdp.out.parent / "fsdp_resumed"
+    launch(
+        [*alignment_fit_args(tiny_blip2_dir, fsdp.out.parent / "data", out, "fsdp"), "--ckpt_path", str(checkpoint)],
+        out,
+    )
+    return Run(out)
 
 
 def test_alignment_under_fsdp2_equals_ddp(alignment_runs: dict[str, Run]) -> None:
@@ -519,3 +537,16 @@ def test_alignment_fsdp2_checkpoint_holds_full_trainable_tensors_and_loads(align
     params = dict(module.named_parameters())
     for name, value in fsdp.state.items():
         assert torch.equal(params[name], value), name
+
+
+def test_alignment_resumed_under_fsdp2_ends_where_the_uninterrupted_run_ends(
+    alignment_runs: dict[str, Run], alignment_resumed: Run
+) -> None:
+    """Resumed from a checkpoint with ``--ckpt_path``, each rank goes on with its own RNG (the ranks' dropout draws
+    differ with their captions' lengths): the same losses on both ranks and the same final tensors, bit for bit."""
+    uninterrupted = alignment_runs["fsdp"]
+    assert sorted(alignment_resumed.losses) == list(range(ALIGNMENT_RESUME_FROM + 1, ALIGNMENT_STEPS + 1))
+    for rank in (0, 1):
+        resumed = alignment_resumed.ranks[rank]["losses"]
+        assert_same_tensors(resumed, {step: uninterrupted.ranks[rank]["losses"][step] for step in resumed})
+    assert_same_tensors(alignment_resumed.state, uninterrupted.state)

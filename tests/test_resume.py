@@ -4,38 +4,22 @@ middle of a shuffled epoch and across the next epoch boundary, and in the middle
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.resume import ROOT, fit_command, run_fit
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS = 8  # 72 training problems in batches of 16: 5 steps per epoch, so the run crosses into a second epoch
 KILL_AFTER = 2  # mid-epoch
 WARMUP = 4  # steps: the resumed run goes on inside the lr warm-up and crosses into the cosine decay
 
 
 def fit(tiny_model_dir: Path, data_dir: Path, out: Path, *extra: str, killed: bool = False) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "lit_hyperet", "fit", "--config", str(ROOT / "configs" / "demo.yaml")]
+    command = fit_command(ROOT / "configs" / "demo.yaml", out, STEPS, KILL_AFTER)
     command += ["--model.init_args.model.init_args.path", str(tiny_model_dir), "--data.init_args.data_dir"]
-    command += [str(data_dir), "--trainer.default_root_dir", str(out), "--checkpoint.dirpath", str(out / "ckpt")]
-    command += ["--trainer.max_steps", str(STEPS), "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps"]
-    command += ["1", "--checkpoint.every_n_train_steps", str(KILL_AFTER), "--trainer.enable_progress_bar", "false"]
-    command += ["--model.init_args.lr_scheduler.init_args.warmup", str(WARMUP / STEPS)]
-    command += ["--trainer.callbacks+=helpers.rank_state.SaveTrainableStatePerRank"]
-    command += [f"--trainer.callbacks.out_dir={out / 'ranks'}", *extra]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out.parent / 'mlflow.db'}"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
-    result = subprocess.run(command, cwd=out, env=env, capture_output=True, text=True, timeout=300)
-    if killed:
-        assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
-    else:
-        assert result.returncode == 0, result.stderr[-3000:]
+    command += [str(data_dir), "--model.init_args.lr_scheduler.init_args.warmup", str(WARMUP / STEPS), *extra]
+    run_fit(command, out, killed)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,10 @@ feature. So this subclass records, per epoch, the RNG states at the moment its i
 it has handed out; on resume it makes the epoch's iterator again from those states (the same permutation, the same
 worker seeds), skips the batches already trained on by their indices (no sample is loaded for them), and puts the RNG
 back where it was when the checkpoint was written. Under DDP / FSDP, Lightning's ``DistributedSampler`` orders an
-epoch by ``(seed, epoch)``; the skip works the same.
+epoch by ``(seed, epoch)``; the skip works the same. The RNG states are every rank's own (gathered when the checkpoint
+is written, which every rank does together): the ranks' global RNGs part ways as soon as a step draws from them in
+amounts that depend on the rank's batch (CPU dropout over captions of another length), and each rank resumes from its
+own.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 
@@ -125,15 +129,24 @@ class ResumableDataLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict[str, Any]:
-        """Batches handed out in the current epoch, the RNG states of the epoch's two draws, and the RNG now."""
+        """Batches handed out in the current epoch and, per rank (``ranks[r]``), the RNG states of the epoch's two draws
+        and the RNG now. Several processes: a collective, called on every rank alike (as checkpoints are written)."""
         now = rng_states()
-        return {
-            "batches": self._handed_out,
-            "made_rng": self._made_rng or now,
-            "first_rng": self._first_rng or now,
-            "rng": now,
-        }
+        mine = {"made_rng": self._made_rng or now, "first_rng": self._first_rng or now, "rng": now}
+        return {"batches": self._handed_out, "ranks": _gather_per_rank(mine)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Resume at the saved position when the next epoch's iterator is made."""
-        self._resume = dict(state_dict)
+        """Resume at the saved position when the next epoch's iterator is made, from this rank's RNG states (rank 0's
+        when the checkpoint has fewer ranks)."""
+        ranks = state_dict.get("ranks") or [state_dict]  # one set of states: a checkpoint of rank 0's only
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        self._resume = {"batches": state_dict["batches"], **ranks[rank if rank < len(ranks) else 0]}
+
+
+def _gather_per_rank(value: Any) -> list[Any]:
+    """``[value of rank 0, value of rank 1, …]`` on every rank (``[value]`` in one process)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered

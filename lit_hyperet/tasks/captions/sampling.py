@@ -9,8 +9,8 @@ sample draws nothing.
 
 Under DDP / FSDP, Lightning wraps this sampler in its ``DistributedSamplerWrapper``: each rank draws the epoch's list
 and takes its share of it, so the ranks split the images between them as long as their global CPU RNGs agree (the
-same ``seed_everything`` seed and the same draws since: the alignment module's RTP and RQS draw from their own
-per-step generators, not from the global RNG).
+same ``seed_everything`` seed and the same draws since: the alignment module's training steps, RTP, RQS and CPU
+dropout included, draw from per-step seeded states, not from the global RNG).
 """
 
 from __future__ import annotations
