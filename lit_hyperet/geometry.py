@@ -23,6 +23,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from geoopt.manifolds.stereographic import math as pmath
@@ -46,7 +47,7 @@ def at_least_fp32(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """Run ``fn`` with tensors upcast to >= float32 and autocast off; return the first input's dtype."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Tensor:
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, Tensor) and a.is_floating_point()]
         out_dtype = tensors[0].dtype
         dtype = compute_dtype(*tensors)
@@ -75,7 +76,7 @@ def plain_torchscript(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Tensor:
         with torch.jit.optimized_execution(False):
             return fn(*args, **kwargs)
 
