@@ -20,7 +20,6 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torch.distributed.tensor import DTensor
 from torchmetrics.aggregation import CatMetric, MeanMetric
 from torchmetrics.functional import spearman_corrcoef
 
@@ -304,13 +303,14 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         groups = []
         for name, params in named.items():
             for decay in (True, False):
-                chosen = [p for _, p in params if p.requires_grad and (p.dim() >= 2) == decay]
-                # FSDP2: sharded parameters (DTensors) and replicated tensors never share a group (torch's foreach
-                # kernels refuse the mix); unsharded, every parameter is a plain tensor and nothing is split
-                sharded = [p for p in chosen if isinstance(p, DTensor)]
-                plain = [p for p in chosen if not isinstance(p, DTensor)]
+                chosen = [(n, p) for n, p in params if p.requires_grad and (p.dim() >= 2) == decay]
+                # Parameters outside the parts FSDP2 shards (the query tokens) get a group of their own under every
+                # strategy: under FSDP2 they stay replicated tensors, which torch's foreach kernels refuse to mix with
+                # sharded DTensors in one group, and a checkpoint's groups must not depend on the strategy that wrote it
+                replicated = [p for n, p in chosen if name != "head" and n.split(".")[0] not in CALLED_PARTS]
+                rest = [p for n, p in chosen if not any(p is r for r in replicated)]
                 suffix = "" if decay else "_no_decay"
-                parts = {suffix: sharded, suffix + "_replicated": plain} if sharded else {suffix: plain}
+                parts = {suffix: rest, suffix + "_replicated": replicated}
                 for part, chosen_part in parts.items():
                     if chosen_part:
                         groups.append(
@@ -351,19 +351,16 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         captions = self.training_captions(batch["captions"])
         self.configure_model()
         matching = self.hparams.itm_weight > 0
-        # with ITM the vision features are computed once, for the queries and for the matching pairs
-        features = vision_features(self.blip2, batch["pixel_values"]) if matching else None
-        if features is None:
-            image = self.image_embeddings(batch["pixel_values"])
-        else:
-            image = image_query_embeddings(self.blip2, features=features)
-        text = self.text_embeddings(captions)
+        features = vision_features(self.blip2, batch["pixel_values"])  # for the queries and the matching pairs
+        image = image_query_embeddings(self.blip2, features=features)
+        tokens = self.tokenize(captions)  # tokenised once, for the texts and for the matching pairs
+        text = text_embeddings(self.blip2, **tokens)
         rqs = self.step_generator("rqs") if self.hparams.query_aggregation == "rqs" else None
         out = self.head(image, text, batch.get("image_ids"), rqs)
         loss = out.loss
         size = len(captions)
         if matching:
-            itm = self.itm_loss(features, self.tokenize(captions), out.logits, batch.get("image_ids"))
+            itm = self.itm_loss(features, tokens, out.logits, batch.get("image_ids"))
             self.log("train/loss_itm", itm.detach(), batch_size=size)
             loss = loss + self.hparams.itm_weight * itm
         if not all_ranks_finite(loss, self.trainer.strategy if self._trainer is not None else None):
@@ -372,8 +369,9 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
                 "the learning rate, or check the embedding scale and curvature"
             )
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
-        if out.entailment is not None:
+        if out.entailment is not None or matching:  # train/loss is then more than the contrastive term
             self.log("train/loss_itc", out.contrastive.detach(), batch_size=size)
+        if out.entailment is not None:
             self.log("train/loss_entailment", out.entailment.detach(), batch_size=size)
         self.log("train/temperature", self.head.temperature.detach(), batch_size=size)
         self.log("train/curvature", self.head.curvature.detach(), batch_size=size)

@@ -106,9 +106,8 @@ class FSDP2Strategy(ModelParallelStrategy):
         current = [[g.get("name") for g in optimizer.param_groups] for optimizer in self.optimizers]
         if current and saved != current:  # torch would fail on the mismatch with a shape error deep in its loader
             raise CheckpointError(
-                f"{path}: its optimiser groups {saved} are not this run's {current} (e.g. an alignment checkpoint "
-                "written on one device or with DDP, where the query tokens share the Q-Former's group); resume it "
-                "with the strategy that wrote it"
+                f"{path}: its optimiser groups {saved} are not this run's {current} (a checkpoint of another "
+                "configuration, e.g. with other trainable parts); resume it with the config that wrote it"
             )
         del checkpoint
         return super().load_checkpoint(path, weights_only=weights_only)

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader
 from transformers import Blip2ForImageTextRetrieval, Blip2Processor
 
-from lit_hyperet import geometry as g
+from lit_hyperet import alignment_module, geometry as g
 from lit_hyperet.alignment import (
     ContrastiveAlignment,
     aggregate_queries,
@@ -249,7 +249,9 @@ def test_rtp_probability_zero_one_and_rate() -> None:
     assert 60 <= changed <= 120  # ≈ 0.3 × 300
 
 
-def test_rtp_applies_only_in_training_and_only_to_captions(tiny_blip2_dir: Path) -> None:
+def test_rtp_applies_only_in_training_and_only_to_captions(
+    tiny_blip2_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     module = make_module(tiny_blip2_dir, rtp_prob=1.0, rtp_mode="drop_words")
     captions = ["a red square on the left", "a blue circle on the right"]
     module.eval()
@@ -264,16 +266,13 @@ def test_rtp_applies_only_in_training_and_only_to_captions(tiny_blip2_dir: Path)
     pixels, ids, given = batch["pixel_values"].clone(), list(batch["image_ids"]), list(batch["captions"])
     module.configure_model()
     seen: dict = {}
-    head_forward, image_embeddings, text_embeddings = (
-        module.head.forward,
-        module.image_embeddings,
-        module.text_embeddings,
-    )
+    head_forward, tokenize = module.head.forward, module.tokenize
     module.head.forward = lambda image, text, image_ids, generator=None: (
         seen.update(ids=image_ids) or head_forward(image, text, image_ids)
     )
-    module.image_embeddings = lambda px: seen.update(pixels=px) or image_embeddings(px)
-    module.text_embeddings = lambda caps: seen.update(captions=list(caps)) or text_embeddings(caps)
+    features = alignment_module.vision_features
+    monkeypatch.setattr(alignment_module, "vision_features", lambda m, px: seen.update(pixels=px) or features(m, px))
+    module.tokenize = lambda caps: seen.update(captions=list(caps)) or tokenize(caps)
     with pytest.warns(UserWarning):  # self.log without a trainer
         loss = module.training_step(batch, 0)
     assert torch.isfinite(loss)

@@ -82,7 +82,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"root": root, "config": path, "ckpt": ckpt, "uri": uri}
 
 
-def test_metrics(uri: str, stage: str) -> dict[str, float]:
+def logged_metrics(uri: str, stage: str) -> dict[str, float]:
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("alignment_radius_test")
     (run,) = [
@@ -91,14 +91,11 @@ def test_metrics(uri: str, stage: str) -> dict[str, float]:
     return dict(run.data.metrics)
 
 
-test_metrics.__test__ = False  # a helper, not a test
-
-
 def test_radius_command_on_a_trained_alignment_checkpoint(
     trained: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     uri = str(trained["uri"])
-    tested = test_metrics(uri, "test/")
+    tested = logged_metrics(uri, "test/")
     # the test stage logs what the sweep's table needs (MLflow stores recall without '@')
     for name in ("i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10", "r_mean", "radius_saturated_fraction"):
         assert f"test/{name}" in tested, name

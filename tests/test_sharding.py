@@ -175,7 +175,7 @@ def test_strategy_refuses_distributed_checkpoints_wrong_keys_and_other_optimiser
     torch.save({"state_dict": state}, tmp_path / "partial.ckpt")
     with pytest.raises(CheckpointError, match=f"partial.ckpt: its tensors do not match .*missing .*{dropped}"):
         strategy.load_checkpoint(tmp_path / "partial.ckpt")
-    # resuming: the optimiser groups must be this run's (the alignment module has one more under FSDP2)
+    # resuming: the optimiser groups must be this run's (torch would fail deep in its loader otherwise)
     state[dropped] = dict(module.named_parameters())[dropped].detach()
     params = list(state.values())
     strategy.optimizers = [
@@ -236,6 +236,10 @@ def test_alignment_parts_are_units_and_the_rest_is_replicated(one_process_group:
         assert len({isinstance(p, DTensor) for p in group["params"]}) == 1, group["name"]
     (tokens,) = [g for g in groups if g["name"] == "qformer_replicated"]
     assert tokens["params"] == [module.blip2.query_tokens]
+    # the same groups unsharded: a checkpoint resumes under any strategy
+    unsharded = reference.configure_optimizers()["optimizer"].param_groups
+    assert [g["name"] for g in unsharded] == [g["name"] for g in groups]
+    assert [len(g["params"]) for g in unsharded] == [len(g["params"]) for g in groups]
 
     total = clip_gradients(module.parameters(), 0.05)
     expected_total = torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.05)

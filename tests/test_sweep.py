@@ -247,6 +247,13 @@ def test_dry_run_prints_one_command_per_trial(tmp_path: Path, base_config: Path,
     assert "--model.init_args.hyperet null" in lines[0]
 
 
+def test_dry_run_says_when_the_test_stage_is_decided_at_run_time(tmp_path: Path, base_config: Path, capsys) -> None:
+    sweep_file = _write(tmp_path / "auto.yaml", {"configs": [str(base_config)], "axes": {VARIANT: ["diagonal"]}})
+    assert main([str(sweep_file), "--dry-run"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert " && " not in line and line.endswith("# test: auto (a test stage follows when the data has a test split)")
+
+
 # ------------------------------------------------------------------------------------------------ running
 
 

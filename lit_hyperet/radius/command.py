@@ -77,7 +77,7 @@ examples:
   python -m lit_hyperet radius --config configs/demo.yaml --max-samples 64
   python -m lit_hyperet radius --run before=configs/demo.yaml \\
       --run after=configs/demo.yaml:outputs/demo/checkpoints/last.ckpt
-  python -m lit_hyperet radius --config configs/alignment_demo.yaml \
+  python -m lit_hyperet radius --config configs/alignment_demo.yaml \\
       --ckpt outputs/alignment_demo/checkpoints/last.ckpt --split test
   python -m lit_hyperet radius --runs encoders.yaml --projector   # runs: [{name, config, ckpt}]"""
 
@@ -207,8 +207,7 @@ def analyse(spec: RunSpec, args: argparse.Namespace, selection: TokenSelection) 
     module, datamodule = build(spec, args.override)
     if isinstance(module, HyperbolicAlignmentModule):
         return analyse_alignment(spec, args, module, datamodule, device)
-    if args.curvature is None:
-        args.curvature = DEFAULT_CURVATURE
+    curvature = DEFAULT_CURVATURE if args.curvature is None else args.curvature
     if spec.image_size:
         set_image_size(module, datamodule.processor.image_processor, spec.image_size)
     module.to(device)
@@ -220,7 +219,7 @@ def analyse(spec: RunSpec, args: argparse.Namespace, selection: TokenSelection) 
             module.hparams.max_new_tokens = max_new
         generate = module.generate_texts
     result = RunResult(spec.name, spec.configs, spec.ckpt, split_name, model_info(module, selection))
-    collect(module.llava, loader, result, selection, args.curvature, args.max_samples, generate, device)
+    collect(module.llava, loader, result, selection, curvature, args.max_samples, generate, device)
     if not result.records:
         raise ConfigError(
             f"run {spec.name!r}: no image among the {result.samples_seen} samples visited "
@@ -284,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             names = [s.name for s, a in zip(specs, alignment, strict=True) if a]
             raise ConfigError(f"runs {names} are image-text alignment models, the others LLaVA: analyse them apart")
         return report_alignment(results, out, args, specs)
+    if args.curvature is None:
+        args.curvature = DEFAULT_CURVATURE  # what every LLaVA run used; the outputs state it
     written = write_outputs(results, out, args, specs)
     for res in results:
         rad, nrm = (image_means(res.records, "vision", quantity).mean() for quantity in ("rad", "norm_radius"))

@@ -293,6 +293,8 @@ def shell_line(sweep: Sweep, trial: Trial) -> str:
     if sweep.test:
         ckpt = ["--ckpt_path", f"{trial.output_dir}/checkpoints/last.ckpt"]
         line += " && " + env + shlex.join(command_line(sweep, trial, "test", ckpt))
+    elif sweep.test is None:
+        line += "  # test: auto (a test stage follows when the data has a test split)"
     return line
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import Blip2ForImageTextRetrieval
 
 from lit_hyperet.hyperet import HyperETConfig, apply_hyperet, hyperet_parameters
-from lit_hyperet.models.loading import ModelSource, parameter_counts
+from lit_hyperet.models.loading import ModelSource, NamedParams, parameter_counts
 from lit_hyperet.user_errors import ConfigError
 
 #: Submodules (attribute names of ``Blip2ForImageTextRetrieval``) that alignment trains.
@@ -27,7 +27,6 @@ ITM_PARTS = ("itm_head",)
 #: stays a replicated tensor.
 CALLED_PARTS = ("vision_model", "qformer", "embeddings", "vision_projection", "text_projection", "itm_head")
 GROUPS = ("hyperet", "qformer")
-NamedParams = list[tuple[str, nn.Parameter]]
 
 
 def _qformer_params(model: Blip2ForImageTextRetrieval, parts: tuple[str, ...] = QFORMER_PARTS) -> NamedParams:
