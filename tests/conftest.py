@@ -16,6 +16,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def restore_environment() -> Iterator[None]:
+    """Each test leaves ``os.environ`` as it found it: an in-process Lightning launcher sets ``LOCAL_RANK``,
+    ``NODE_RANK``, ``MASTER_PORT`` …, which would make a later test's subprocess wait for ranks nobody starts."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny CLIP-tower LLaVA written by ``make-tiny-model`` code, loaded back with ``from_pretrained``."""

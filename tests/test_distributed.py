@@ -76,9 +76,14 @@ def fit_args(tiny_model_dir: Path, data_dir: Path, out: Path, strategy: str, ste
     ]
 
 
+#: Set by a launcher that already ran (a scheduler's job, an in-process Lightning run): a child inheriting them would
+#: wait for ranks nobody starts.
+LAUNCHER_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+
+
 def _env(out: Path) -> dict[str, str]:
     return {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES},
         "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}",
         "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
         "GLOO_SOCKET_IFNAME": "lo",
