@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
@@ -116,6 +115,16 @@ class Interrupted(Exception):
     """The sweep was stopped by a signal while trials ran."""
 
 
+LINUX = sys.platform.startswith("linux")
+#: Linux: starts a trial's command after asking the kernel to SIGKILL it when the thread that started it ends, also in
+#: a sweep killed by SIGKILL (PR_SET_PDEATHSIG = 1, kept across exec). Not a ``preexec_fn``: that runs between fork and
+#: exec, where a sweep starting trials from several threads can crash the child.
+DIE_WITH_SWEEP = (
+    "import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); "
+    "os.getppid() == int(sys.argv[1]) or os._exit(137); os.execvp(sys.argv[2], sys.argv[2:])"
+)
+
+
 def _signal_group(proc: subprocess.Popen, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
@@ -135,9 +144,6 @@ class Runner:
         self.env |= {STORAGE_ENV: storage, STUDY_ENV: study.study_name}
         self.procs: set[subprocess.Popen] = set()
         self.stopping, self.signum, self.failed = 0, 0, False
-        # Linux: the kernel SIGKILLs a trial when the thread that started it ends, also with a sweep killed by SIGKILL
-        prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None  # before forks
-        self.preexec = (lambda: prctl(1, int(signal.SIGKILL))) if prctl else None  # 1 = PR_SET_PDEATHSIG
 
     def run(self) -> int:
         """Run until the queue is empty; returns the exit code (1 when a trial failed, 128 + signal when stopped)."""
@@ -254,8 +260,8 @@ class Runner:
             log.flush()
             if self.stopping:
                 raise Interrupted
-            popen = {"stdout": log, "stderr": subprocess.STDOUT, "start_new_session": True, "preexec_fn": self.preexec}
-            proc = subprocess.Popen(cmd, env=env, **popen)
+            run = [sys.executable, "-c", DIE_WITH_SWEEP, str(os.getpid()), *cmd] if LINUX else cmd
+            proc = subprocess.Popen(run, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             self.procs.add(proc)  # a signal arriving just before is caught up by the SIGKILL after the grace period
             try:
                 rc = proc.wait(timeout=self.sweep.timeout)
