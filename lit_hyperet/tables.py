@@ -16,18 +16,24 @@ import pandas as pd
 CellFormat = str | Callable[[Any], str]
 
 
+def format_cells(
+    frame: pd.DataFrame, formats: Mapping[Hashable, CellFormat] | None = None, na_rep: str = ""
+) -> pd.DataFrame:
+    """``frame``'s cells as strings: a cell is written with its column's entry in ``formats`` (a format spec or a
+    function), strings stay as they are, anything else goes through ``str``; missing values (``None``, NaN, ``pd.NA``)
+    are written as ``na_rep``."""
+    formats = formats or {}
+    columns = [[_writer(formats.get(c), na_rep)(v) for v in frame.iloc[:, i]] for i, c in enumerate(frame.columns)]
+    return pd.DataFrame(dict(enumerate(columns)), index=frame.index, dtype=object).set_axis(frame.columns, axis=1)
+
+
 def markdown_table(frame: pd.DataFrame, formats: Mapping[Hashable, CellFormat] | None = None, na_rep: str = "") -> str:
     """``frame`` as a Markdown table: a header row from its columns, a ``|---|`` rule, then one line per row in the
-    frame's order (the index is left out). A cell is written with its column's entry in ``formats`` (a format spec or
-    a function) and otherwise with ``str``, so cells that are already strings stay as they are; missing values
-    (``None``, NaN, ``pd.NA``) are written as ``na_rep``. Pipes in cells and headers are escaped (``\\|``). No trailing
-    newline."""
-    formats = formats or {}
+    frame's order (the index is left out), cells written by :func:`format_cells`. Pipes in cells and headers are
+    escaped (``\\|``). No trailing newline."""
     columns = list(frame.columns)
-    writers = [_writer(formats.get(column), na_rep) for column in columns]
     lines = [_line(str(column) for column in columns), "|" + "|".join("---" for _ in columns) + "|"]
-    for values in frame.itertuples(index=False, name=None):
-        lines.append(_line(write(value) for write, value in zip(writers, values, strict=True)))
+    lines += [_line(row) for row in format_cells(frame, formats, na_rep).itertuples(index=False, name=None)]
     return "\n".join(lines)
 
 
@@ -35,7 +41,7 @@ def _writer(spec: CellFormat | None, na_rep: str) -> Callable[[Any], str]:
     def write(value: Any) -> str:
         if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
             return na_rep
-        if spec is None:
+        if spec is None or isinstance(value, str):
             return str(value)
         return spec(value) if callable(spec) else format(value, spec)
 

@@ -294,8 +294,9 @@ def test_failure_resume_max_trials_and_report(tmp_path: Path, base_config: Path,
     assert "6 trials, 4 completed, 0 pruned, 2 failed" in md and "| 0/2 (2 failed) |" in md
     from mlflow import MlflowClient
 
+    from lit_hyperet.optuna_store import open_storage
     from lit_hyperet.sweep.report import build_report, chart_figure
-    from lit_hyperet.sweep.study import open_storage, open_study
+    from lit_hyperet.sweep.study import open_study
 
     sweep = load_sweep(sweep_file)
     trials = expand(sweep)

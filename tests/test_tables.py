@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lit_hyperet.tables import markdown_table
+from lit_hyperet.tables import format_cells, markdown_table
 
 
 def test_header_rule_and_rows_in_frame_order() -> None:
@@ -20,3 +20,10 @@ def test_formats_missing_values_and_pipes() -> None:
 
 def test_no_rows() -> None:
     assert markdown_table(pd.DataFrame(columns=["a", "b"])) == "| a | b |\n|---|---|"
+
+
+def test_format_cells_keeps_strings_and_duplicate_columns() -> None:
+    frame = pd.DataFrame([[3, "3", None], [0.25, "n/a", 1]], columns=["v", "v", "w"], dtype=object)
+    cells = format_cells(frame, formats={"v": ".2f", "w": lambda v: f"#{v}"}, na_rep="-")
+    assert cells.columns.tolist() == ["v", "v", "w"]
+    assert cells.values.tolist() == [["3.00", "3", "-"], ["0.25", "n/a", "#1"]]

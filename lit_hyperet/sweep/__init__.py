@@ -48,26 +48,23 @@ def select_trials(trials: list[Trial], wanted: list[str], where: str) -> list[Tr
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m lit_hyperet sweep``; returns the exit code (1 when a trial failed)."""
+    """Entry point of ``python -m lit_hyperet sweep``; returns the exit code (1 when a trial failed). A
+    :class:`SweepError` reaches ``python -m lit_hyperet``, which prints it and exits with 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if min(args.jobs, args.workers) < 1:
         parser.error("--jobs and --workers take a positive number")
+    args.override = [item for group in args.override for item in group]
+    sweep = load_sweep(args.file, args.override, args.config)
+    trials = expand(sweep)
+    if not args.dry_run:
+        return _run(args, sweep, trials)
     try:
-        args.override = [item for group in args.override for item in group]
-        sweep = load_sweep(args.file, args.override, args.config)
-        trials = expand(sweep)
-        if not args.dry_run:
-            return _run(args, sweep, trials)
-        try:
-            print("\n".join(spec.shell_line(sweep, t) for t in select_trials(trials, args.trial, str(sweep.path))))
-            sys.stdout.flush()
-        except BrokenPipeError:  # e.g. `| head`
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except SweepError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        print("\n".join(spec.shell_line(sweep, t) for t in select_trials(trials, args.trial, str(sweep.path))))
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `| head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
 
 
 def _run(args: argparse.Namespace, sweep: Sweep, trials: list[Trial]) -> int:
@@ -75,8 +72,9 @@ def _run(args: argparse.Namespace, sweep: Sweep, trials: list[Trial]) -> int:
     from mlflow import MlflowClient
 
     from lit_hyperet.mlflow_store import prepare_tracking_store, tracking_uri
+    from lit_hyperet.optuna_store import open_storage
     from lit_hyperet.sweep.report import report
-    from lit_hyperet.sweep.study import PARENT_ATTR, Runner, open_storage, open_study, queue, waiting
+    from lit_hyperet.sweep.study import PARENT_ATTR, Runner, open_study, queue, waiting
 
     mlflow.set_tracking_uri(uri := tracking_uri())
     beside = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else "mlflow.db"  # default: next to MLflow

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from lit_hyperet.sweep.spec import CONFIG_KEY, NAME_KEY, Sweep, Trial, aliases, cli_value, slug
 from lit_hyperet.sweep.study import PARENT_ATTR
-from lit_hyperet.tables import markdown_table
+from lit_hyperet.tables import format_cells, markdown_table
 from lit_hyperet.tasks.scienceqa.rules import CATEGORIES
 
 DEVIATION, CLAMP, DASH = "hyperet/identity_deviation_max", "hyperet/clamp_fraction_mean", "—"
@@ -124,32 +124,24 @@ def is_accuracy(name: str) -> bool:
     return split in ("val", "test") and (category in CATEGORIES or category == "exact_match")
 
 
-def _cell(value: Any, spec: str = "", count: bool = False) -> str:
-    """``—`` for a missing value, a string as it is, a count as an integer (no sign or separator for 0)."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return DASH
-    if isinstance(value, str):
-        return value
-    return format(int(value), spec if value else "") if count else format(value, spec)
-
-
 def formatted(report: Report) -> pd.DataFrame:
-    """The markdown table's cells."""
+    """The markdown table's cells: counts as integers (no sign or separator for 0), metrics as mean ± std as logged
+    (accuracies in percent, no ± for one seed), ``—`` for a missing value."""
     t, main = report.table, report.main_metric
-    columns = [c for c in ["configuration", *report.columns, "trainable", "Δparams"] if c in t]
-    out = pd.DataFrame({c: [_cell(v, COUNTS.get(c, ""), c in COUNTS) for v in t[c]] for c in columns})
-    for metric in report.metrics:  # mean ± std as logged (accuracies in percent), no ± for one seed
+    out = t[[c for c in ["configuration", *report.columns, "trainable", "Δparams"] if c in t]].copy()
+    formats: dict[str, Any] = {c: lambda v, sep=sep: format(int(v), sep if v else "") for c, sep in COUNTS.items()}
+    for metric in report.metrics:
         spec = ".2f" if is_accuracy(metric) else ".4g"
         pairs = zip(t[f"{metric} mean"], t[f"{metric} std"], strict=True)
-        out[metric] = [DASH if pd.isna(m) else f"{m:{spec}} ± {s:{spec}}" if s else f"{m:{spec}}" for m, s in pairs]
+        out[metric] = [None if pd.isna(m) else f"{m:{spec}} ± {s:{spec}}" if s else f"{m:{spec}}" for m, s in pairs]
     if "Δ main" in t:
-        out[f"Δ {main}"] = [_cell(v, "+.2f" if is_accuracy(main) else "+.4g") for v in t["Δ main"]]
+        out[f"Δ {main}"], formats[f"Δ {main}"] = t["Δ main"], "+.2f" if is_accuracy(main) else "+.4g"
     if "HyperET params" in report.columns:  # the runs use HyperET
-        out["identity dev. (max)"] = [_cell(v, ".2g") for v in t[f"{DEVIATION} mean"]]
-        out["clamp fraction"] = [_cell(v, ".2g") for v in t[f"{CLAMP} mean"]]
+        out["identity dev. (max)"], out["clamp fraction"] = t[f"{DEVIATION} mean"], t[f"{CLAMP} mean"]
+        formats |= {"identity dev. (max)": ".2g", "clamp fraction": ".2g"}
     seeds = zip(t["completed"], t["seeds total"], t["pruned"], t["failed"], strict=True)
     out["seeds"] = [f"{c}/{n}" + f" ({p} pruned)" * bool(p) + f" ({f} failed)" * bool(f) for c, n, p, f in seeds]
-    return out
+    return format_cells(out, formats, DASH)
 
 
 def chart_figure(report: Report) -> Figure:

@@ -136,9 +136,7 @@ def _assignment(path: Path, where: str, mapping: Any, allow_name: bool, axis: bo
         if axis and _BUNDLE_KEY.fullmatch(key):
             value = [_assignment(path, f"{where}.{key}[{i}]", v, allow_name=True) for i, v in enumerate(value)]
             if None in (names := [v.get(NAME_KEY) for v in value]) or len(set(names)) != len(names):
-                raise _error(
-                    path, f"{where}.{key}", "a bundle axis (key without a dot) needs a unique `name` per value"
-                )
+                raise _error(path, f"{where}.{key}", "a bundle axis (undotted key) needs a unique `name` per value")
         out[key] = str(value) if key == NAME_KEY and allow_name else value
         out[key] = _config_path(value, path, f"{where}.{key}", optional=True) if key == CONFIG_KEY else out[key]
     return out
@@ -256,9 +254,7 @@ def expand(sweep: Sweep) -> list[Trial]:
         out = f"{sweep.output_dir}/{dir_name(name)}"
         bundled = {k for k, v in values.items() if isinstance(v, dict) and NAME_KEY in v and _BUNDLE_KEY.fullmatch(k)}
         flat = [kv for k, v in values.items() for kv in (v.items() if k in bundled else [(k, v)])]
-        pairs = [(k, v) for k, v in flat if k not in (CONFIG_KEY, NAME_KEY)] + (
-            [] if seed is None else [(SEED_KEY, seed)]
-        )
+        pairs = [(k, v) for k, v in flat if k not in (CONFIG_KEY, NAME_KEY)] + [(SEED_KEY, seed)] * (seed is not None)
         pairs += [("trainer.default_root_dir", out), ("checkpoint.dirpath", f"{out}/checkpoints")]
         pairs = [*sweep.overrides.items(), *pairs, *sweep.cli_overrides.items()]
         configs = [*sweep.configs, *(v for k, v in flat if k == CONFIG_KEY and v is not None), *sweep.cli_configs]

@@ -1,9 +1,8 @@
-"""A sweep's Optuna study (storage, ``GridSampler``, queue) and the workers running its trials as CLI subprocesses."""
+"""A sweep's Optuna study (``GridSampler``, queue) and the workers running its trials as CLI subprocesses."""
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shlex
@@ -20,39 +19,12 @@ from typing import Any
 import optuna
 from mlflow import MlflowClient
 
+from lit_hyperet.optuna_store import PRUNED_ATTR, STORAGE_ENV, STUDY_ENV, TRIAL_ENV, make_pruner
 from lit_hyperet.sweep.spec import LOGGER_KEY, Sweep, SweepError, Trial, axis_tags, command_line, definition_digest
 
 CONFIG_PARAM, SEED_PARAM = "config", "seed"
-PARENT_ATTR, PRUNED_ATTR = "mlflow_parent_run_id", "pruned_at_step"  # study and trial user attributes
-# the pruning callback inside a trial finds its Optuna trial through these
-STORAGE_ENV, STUDY_ENV, TRIAL_ENV = "LIT_HYPERET_SWEEP_STORAGE", "LIT_HYPERET_SWEEP_STUDY", "LIT_HYPERET_SWEEP_TRIAL"
+PARENT_ATTR = "mlflow_parent_run_id"  # the study's user attribute
 STOP_GRACE_S = 20.0
-
-
-class LockedSQLiteStorage(optuna.storages.RDBStorage):
-    """sqlite storage handing out queued trials under a file lock (PostgreSQL locks the row, sqlite does not)."""
-
-    def set_trial_state_values(self, trial_id: int, state: Any, values: Any = None) -> bool:
-        with open(self.url.removeprefix("sqlite:///") + ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
-            return super().set_trial_state_values(trial_id, state, values)
-
-
-def open_storage(url: str, heartbeat: float | None = None) -> optuna.storages.BaseStorage:
-    """``journal:PATH`` or an SQLAlchemy URL; RDB storages get a heartbeat every ``heartbeat`` seconds."""
-    if url.startswith("journal:"):
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url.removeprefix("journal:")))
-    sqlite, beat = url.startswith("sqlite:///"), {}
-    try:
-        with warnings.catch_warnings():  # heartbeats are marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            if heartbeat:
-                beat = {"heartbeat_interval": max(1, round(heartbeat)), "grace_period": max(2, round(2 * heartbeat))}
-                beat["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback()
-            engine = {"connect_args": {"timeout": 60}} if sqlite else {}
-            return (LockedSQLiteStorage if sqlite else optuna.storages.RDBStorage)(url, engine_kwargs=engine, **beat)
-    except Exception as err:  # noqa: BLE001 - sqlalchemy's many errors for a URL it cannot use
-        raise SweepError(f"--storage {url}: cannot open the Optuna storage: {err}") from err
 
 
 class QueuedGridSampler(optuna.samplers.GridSampler):
@@ -60,11 +32,6 @@ class QueuedGridSampler(optuna.samplers.GridSampler):
 
     def after_trial(self, *args: Any) -> None:  # GridSampler's stops once every point was tried, needs a grid id
         return None
-
-
-def make_pruner(name: str) -> optuna.pruners.BasePruner:
-    """``median``: stop a trial below the median of the completed trials at a validation step; ``none``: never."""
-    return optuna.pruners.MedianPruner(n_startup_trials=1) if name == "median" else optuna.pruners.NopPruner()
 
 
 def open_study(sweep: Sweep, trials: list[Trial], storage: optuna.storages.BaseStorage, create: bool) -> optuna.Study:
@@ -191,6 +158,15 @@ class Runner:
         prefix = f"[{trial.index + 1}/{len(self.by_point)}] {trial.name} (trial {ot.number})"
         print(f"{prefix}: running (logs in {trial.output_dir})", flush=True)
         start, logs = time.monotonic(), []
+
+        def end(outcome: str, status: str, detail: str = "", **extra: str) -> None:
+            """End the MLflow run tagged ``sweep.<key>``; print the outcome, the seconds taken and ``detail``."""
+            seconds = time.monotonic() - start
+            for key, value in ({"outcome": outcome, "seconds": f"{seconds:.1f}"} | extra).items():
+                self.client.set_tag(run_id, f"sweep.{key}", value[-5000:])  # MLflow's limit on a tag value
+            self.client.set_terminated(run_id, status)
+            print(f"{prefix}: {outcome} after {seconds:.1f} s{detail}", flush=True)
+
         try:
             self._stages(trial, ot, run_id, logs)
             metrics = self.client.get_run(run_id).data.metrics
@@ -198,33 +174,20 @@ class Runner:
             if main is None:
                 raise TrialFailed(f"the run logged none of {self.sweep.metric or 'test/Avg, val/Avg'}")
         except Interrupted:
-            self._end(run_id, start, "killed", "KILLED")
-            print(f"{prefix}: killed", flush=True)
+            end("killed", "KILLED")
             raise
         except optuna.TrialPruned as step:
-            seconds = self._end(run_id, start, "pruned", "KILLED", {"sweep.pruned_at_step": str(step)})
-            print(f"{prefix}: pruned at step {step} after {seconds:.1f} s", flush=True)
+            end("pruned", "KILLED", f" at step {step}", pruned_at_step=str(step))
             raise
         except TrialFailed as err:  # the logs' last 50 lines, progress bars in their last state
             rows = [f"==> {log.name} <==\n" + log.read_text(errors="replace") for log in logs if log.is_file()]
             rows = [row.rsplit("\r", 1)[-1] for text in rows for row in text.split("\n")]
-            tail = "\n".join([row for row in rows if row.strip()][-50:]) + "\n"
-            self.client.log_text(run_id, tail, "log_tail.txt")
-            seconds = self._end(run_id, start, "failed", "FAILED", {"sweep.error": str(err), "sweep.log_tail": tail})
-            print(f"{prefix}: FAILED in {seconds:.1f} s: {err}", flush=True)
+            self.client.log_text(run_id, tail := "\n".join([r for r in rows if r.strip()][-50:]) + "\n", "log_tail.txt")
+            end("failed", "FAILED", f": {err}", error=str(err), log_tail=tail)
             self.failed = True
             raise
-        seconds = self._end(run_id, start, "ok", "FINISHED")
-        print(f"{prefix}: finished in {seconds:.1f} s, {main}={metrics[main]:.4g}", flush=True)
+        end("ok", "FINISHED", f", {main}={metrics[main]:.4g}")
         return float(metrics[main])
-
-    def _end(self, run_id: str, start: float, outcome: str, status: str, tags: dict[str, str] | None = None) -> float:
-        """Tag and end a trial's MLflow run; the seconds since ``start``."""
-        seconds = time.monotonic() - start
-        for key, value in ({"sweep.outcome": outcome, "sweep.seconds": f"{seconds:.1f}"} | (tags or {})).items():
-            self.client.set_tag(run_id, key, value[-5000:])  # MLflow's limit on a tag value
-        self.client.set_terminated(run_id, status)
-        return seconds
 
     def _stages(self, trial: Trial, ot: optuna.Trial, run_id: str, logs: list[Path]) -> None:
         """Run ``fit`` then ``test``; raises ``TrialFailed`` or ``optuna.TrialPruned`` (with the step)."""
@@ -240,7 +203,7 @@ class Runner:
 
         monitor = "val/" + (self.sweep.metric or "val/Avg").split("/", 1)[-1]  # test/X is watched as val/X
         pruning = {"monitor": monitor, "pruner": self.sweep.pruner}
-        pruning = {"class_path": "lit_hyperet.sweep.pruning.OptunaPruning", "init_args": pruning}
+        pruning = {"class_path": "lit_hyperet.pruning.OptunaPruning", "init_args": pruning}
         stage("fit", [f"--trainer.callbacks+={json.dumps(pruning)}"] * (self.sweep.pruner != "none"))
         attrs = self.study._storage.get_trial(ot._trial_id).user_attrs  # the trial's process may have set pruned_at
         if PRUNED_ATTR in attrs:
