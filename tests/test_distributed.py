@@ -37,6 +37,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_flags(out: Path, steps: int, val_every: int) -> list[str]:
+    """The trainer flags every 2-process CPU fit here shares: output dirs, CPU fp32, ``steps`` steps, one validation
+    batch per rank every ``val_every`` steps, no progress bar."""
+    return [
+        *("--trainer.default_root_dir", str(out), "--checkpoint.dirpath", str(out / "checkpoints")),
+        *("--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"),
+        *("--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(val_every)),
+        *("--trainer.limit_val_batches", "1"),
+    ]
+
+
 def fit_args(tiny_model_dir: Path, data_dir: Path, out: Path, strategy: str, steps: int) -> list[str]:
     """A 2-process CPU fit of the demo with the strategy config; validation (1 batch per rank) at step 3."""
     return [
@@ -49,22 +60,7 @@ def fit_args(tiny_model_dir: Path, data_dir: Path, out: Path, strategy: str, ste
         str(tiny_model_dir),
         "--data.init_args.data_dir",
         str(data_dir),
-        "--trainer.default_root_dir",
-        str(out),
-        "--checkpoint.dirpath",
-        str(out / "checkpoints"),
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.precision",
-        "32-true",
-        "--trainer.max_steps",
-        str(steps),
-        "--trainer.val_check_interval",
-        str(EPOCH_STEPS),
-        "--trainer.limit_val_batches",
-        "1",
+        *run_flags(out, steps, EPOCH_STEPS),
         "--trainer.log_every_n_steps",
         "1",
         "--model.init_args.hyperet.curvature",
@@ -444,22 +440,7 @@ def alignment_fit_args(model_dir: Path, data_dir: Path, out: Path, strategy: str
         "8",
         "--data.init_args.max_samples",
         '{"train": 32, "val": 16, "test": 16}',
-        "--trainer.default_root_dir",
-        str(out),
-        "--checkpoint.dirpath",
-        str(out / "checkpoints"),
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.precision",
-        "32-true",
-        "--trainer.max_steps",
-        str(ALIGNMENT_STEPS),
-        "--trainer.val_check_interval",
-        str(ALIGNMENT_STEPS),
-        "--trainer.limit_val_batches",
-        "1",
+        *run_flags(out, ALIGNMENT_STEPS, ALIGNMENT_STEPS),
         "--trainer.logger.class_path",  # cheaper to start than MLflow's sqlite store
         "lightning.pytorch.loggers.CSVLogger",
         "--trainer.logger.init_args.save_dir",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,15 @@ def test_export_writes_a_plain_tower_and_loads_back_with_equal_logits(released: 
     model = load_merged(out)
     tokenizer = HyperETLitModule.load_from_checkpoint(ckpt).processor.tokenizer
     torch.testing.assert_close(logits(model, tokenizer), released["reference"], rtol=1e-5, atol=1e-6)
+
+    from lit_hyperet.models.memvp.merge import CONFIG
+    from lit_hyperet.user_errors import ConfigError
+
+    config = json.loads((out / CONFIG).read_text())
+    config["memvp"]["slot"] = 3  # a misspelt setting in an edited export
+    (out / CONFIG).write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=re.escape(f"{out / CONFIG}: memvp: unknown settings ['slot']")):
+        load_merged(out)
 
 
 def test_unknown_and_missing_keys_are_listed_by_name_before_shapes(

@@ -3,8 +3,9 @@ sources, the generated tiny model, freezing / HyperET and the embeddings. Names 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lit_hyperet.models.lazy_exports import lazy_getattr
 
 if TYPE_CHECKING:
     from lit_hyperet.models.blip2.build import (
@@ -48,9 +49,4 @@ __all__ = [
     "trainable_groups",
     "vision_features",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'lit_hyperet.models.blip2' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"lit_hyperet.models.blip2.{_WHERE[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _WHERE)

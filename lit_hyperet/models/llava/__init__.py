@@ -7,9 +7,9 @@ or loaded through it may have a BLIP-2 tower.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from lit_hyperet.models.lazy_exports import lazy_getattr
 from lit_hyperet.models.llava.towers import register_towers
 
 register_towers()
@@ -44,9 +44,4 @@ __all__ = [
     "merge_and_save",
     "trainable_groups",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'lit_hyperet.models.llava' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"lit_hyperet.models.llava.{_WHERE[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _WHERE)

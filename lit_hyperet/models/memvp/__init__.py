@@ -6,8 +6,9 @@ Names are imported lazily, like :mod:`lit_hyperet.models.llava`'s.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lit_hyperet.models.lazy_exports import lazy_getattr
 
 if TYPE_CHECKING:
     from lit_hyperet.models.memvp.build import build_memvp, count_parameters, trainable_groups
@@ -42,9 +43,4 @@ __all__ = [
     "save_merged",
     "trainable_groups",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'lit_hyperet.models.memvp' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"lit_hyperet.models.memvp.{_WHERE[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _WHERE)

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, CLIPVisionModel
 from lit_hyperet.hyperet import merge_hyperet
 from lit_hyperet.models.loading import load_complete, require_config, torch_dtype
 from lit_hyperet.models.memvp.model import MemVPModel
-from lit_hyperet.models.memvp.sources import MemVPSettings
+from lit_hyperet.models.memvp.sources import MemVPSettings, parse_settings
 from lit_hyperet.user_errors import ConfigError
 
 VISION_DIR, TENSORS, CONFIG = "vision", "memvp.safetensors", "memvp.json"
@@ -62,10 +62,16 @@ def load_merged(path: str | Path, llm_path: str | Path | None = None, dtype: str
     config = json.loads((path / CONFIG).read_text())
     if config.get("format") != FORMAT:
         raise ConfigError(f"{path / CONFIG}: format {config.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(config.get("memvp"), dict) or not (llm_path or config.get("llm_path")):
+        raise ConfigError(f"{path / CONFIG}: expected `memvp` (the settings) and `llm_path` (or pass llm_path)")
+    try:
+        settings = parse_settings(config["memvp"])
+    except ConfigError as err:
+        raise ConfigError(f"{path / CONFIG}: {err}") from err
     llm_dir = require_config(llm_path or config["llm_path"], "LLM dir")
     vision = load_complete(CLIPVisionModel, path / VISION_DIR, "vision tower dir", dtype=torch_dtype(dtype))
     llm = load_complete(AutoModelForCausalLM, llm_dir, "LLM dir", dtype=torch_dtype(dtype))
-    model = MemVPModel(llm, vision, **MemVPSettings(**config["memvp"]).__dict__)
+    model = MemVPModel(llm, vision, **asdict(settings))
     tensors = load_file(path / TENSORS)
     expected = set(memvp_tensors(model))
     if set(tensors) != expected:

@@ -8,7 +8,7 @@ text (no image token), the batch's ``image_mask`` says which samples have one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,7 +72,8 @@ def memvp_image_processor(size: int) -> CLIPImageProcessorPil:
     )
 
 
-def _settings(value: MemVPSettings | dict[str, Any] | None) -> MemVPSettings:
+def parse_settings(value: MemVPSettings | dict[str, Any] | None) -> MemVPSettings:
+    """MemVP settings from a mapping (unknown keys refused), the defaults for ``None``."""
     if value is None or isinstance(value, MemVPSettings):
         return value or MemVPSettings()
     if isinstance(value, dict):
@@ -117,7 +118,7 @@ class MemVPSource(LanguageModelSource):
         if layers is None or not all(hasattr(layer, "mlp") for layer in layers):
             raise ConfigError(f"{str(llm_dir)!r}: MemVP needs a LLaMA-style decoder (model.layers[i].mlp)")
         settings = self.memvp
-        return MemVPModel(llm, vision, **{k: getattr(settings, k) for k in MemVPSettings.__dataclass_fields__})
+        return MemVPModel(llm, vision, **asdict(settings))
 
     def load_processor(self) -> MemVPProcessor:
         _, llm_dir = self.dirs()
@@ -159,7 +160,7 @@ class MemVPFromParts(MemVPSource):
     ) -> None:
         torch_dtype(dtype)
         self.vision_path, self.llm_path, self.dtype = vision_path, llm_path, dtype
-        self.memvp = _settings(memvp)
+        self.memvp = parse_settings(memvp)
 
     def dirs(self) -> tuple[Path, Path]:
         return Path(self.vision_path), Path(self.llm_path)
@@ -186,7 +187,7 @@ class TinyMemVP(MemVPSource):
 
     def __init__(self, path: str = "outputs/tiny_memvp", seed: int = 0, memvp: MemVPSettings | None = None) -> None:
         self.path, self.seed = path, seed
-        self.memvp = _settings(memvp)
+        self.memvp = parse_settings(memvp)
 
     def dirs(self) -> tuple[Path, Path]:
         from lit_hyperet.models.memvp.tiny import VISION_SUBDIR, make_tiny_memvp
