@@ -92,10 +92,12 @@ def _fake_sweep(tmp_path: Path, base_config: Path, variants: list, **extra) -> P
     return _write(tmp_path / "fake.yaml", content)
 
 
-def _trials(tmp_path: Path) -> pd.DataFrame:
+def _trials(tmp_path: Path, url: str | None = None) -> pd.DataFrame:
     import optuna
 
-    storage = f"sqlite:///{tmp_path}/optuna.db"
+    from lit_hyperet.optuna_store import open_storage
+
+    storage = open_storage(url or f"sqlite:///{tmp_path}/optuna.db")
     (summary,) = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     return study.trials_dataframe(attrs=("number", "state", "params", "user_attrs"))
@@ -307,28 +309,33 @@ def test_failure_resume_max_trials_and_report(tmp_path: Path, base_config: Path,
     assert [p.get_width() for p in ax.patches] == pytest.approx([51.0, 56.0])
 
 
-def test_sigterm_stops_the_trial_and_sigkill_resumes(tmp_path: Path, base_config: Path, uri: str) -> None:
+@pytest.mark.parametrize("journal", [False, True], ids=["sqlite", "journal"])
+def test_sigterm_stops_the_trial_and_sigkill_resumes(
+    tmp_path: Path, base_config: Path, uri: str, journal: bool
+) -> None:
     sweep_file = _fake_sweep(tmp_path, base_config, ["slow"])
+    url = f"journal:{tmp_path}/optuna.log" if journal else None
+    argv = [str(sweep_file), "--heartbeat", "1", *(["--storage", url] if url else [])]
     pids = tmp_path / "pids.txt"
-    sweep = _sweep_process([str(sweep_file), "--heartbeat", "1"], FAKE_SLOW="1", FAKE_PIDS=str(pids))
+    sweep = _sweep_process(argv, FAKE_SLOW="1", FAKE_PIDS=str(pids))
     trial_pid = _wait_for_pid(pids)
     sweep.send_signal(signal.SIGTERM)
     assert sweep.wait(timeout=30) == 128 + signal.SIGTERM
     assert _gone(trial_pid)
-    (state,) = _trials(tmp_path)["state"]
+    (state,) = _trials(tmp_path, url)["state"]
     (run,) = _runs(uri).values()
     assert state == "FAIL" and run.info.status == "KILLED" and run.data.tags["sweep.outcome"] == "killed"
     # SIGKILL: no handler runs; the trial dies with its sweep, the heartbeat fails the Optuna trial, and the next
     # run queues it again and marks the MLflow run killed
     pids.unlink()
-    sweep = _sweep_process([str(sweep_file), "--heartbeat", "1"], FAKE_SLOW="1", FAKE_PIDS=str(pids))
+    sweep = _sweep_process(argv, FAKE_SLOW="1", FAKE_PIDS=str(pids))
     trial_pid = _wait_for_pid(pids)
     sweep.kill()
     sweep.wait()
     assert _gone(trial_pid)
     time.sleep(2.5)  # the heartbeat's grace period
-    assert main([str(sweep_file), "--heartbeat", "1"]) == 0
-    assert list(_trials(tmp_path)["state"]) == ["FAIL", "FAIL", "COMPLETE"]
+    assert main(argv) == 0
+    assert list(_trials(tmp_path, url)["state"]) == ["FAIL", "FAIL", "COMPLETE"]
     statuses = [r.info.status for r in _runs(uri).values()]
     assert statuses == ["KILLED", "KILLED", "FINISHED"]
 

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode("--report", action="store_true", help="only (re)build the ablation table from the study and MLflow")
     add("--jobs", type=int, default=1, metavar="N", help="trials at once here (cpu_count/N torch threads each)")
     add("--storage", metavar="URL", help="Optuna storage: SQLAlchemy URL or journal:PATH (default: optuna.db)")
-    add("--heartbeat", type=float, default=60.0, metavar="S", help="RDB storages: seconds between heartbeats")
+    add("--heartbeat", type=float, default=60.0, metavar="S", help="seconds between a worker's heartbeats")
     mode("--prepare", action="store_true", help="create the study, queue the trials and the parent run, then exit")
     mode("--worker", action="store_true", help="join the prepared study and run queued trials until none is left")
     mode("--launcher", choices=("slurm", "local"), help="submit --workers `sweep --worker` jobs with submitit")
