@@ -89,6 +89,9 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         learn_embedding_scale: learn ``α`` (stored as ``log α``, kept ``≤ 1``).
         temperature: initial temperature (learnt, kept in ``[0.001, 0.5]``); logits are similarity / temperature.
         label_smoothing: label smoothing of the symmetric InfoNCE (BLIP-2: 0.1).
+        gather_negatives: with several processes (DDP, FSDP2), contrast each process's pairs against the pairs of
+            every process, as BLIP-2 gathers its features over the GPUs (the other processes' features enter as
+            constants, as in open_clip); ``False``: each process contrasts its own batch.
         query_aggregation: training score of an image–text pair from the image's queries: ``max`` (BLIP-2),
             ``rqs`` (Random Query Selection: one uniformly drawn query per image per step) or ``mean``.
         eval_query_aggregation: ``max`` or ``mean`` in validation / test.
@@ -137,6 +140,7 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         learn_embedding_scale: bool = True,
         temperature: float = 0.07,
         label_smoothing: float = 0.1,
+        gather_negatives: bool = True,
         query_aggregation: QueryAggregation = "max",
         eval_query_aggregation: Literal["max", "mean"] = "max",
         rtp_prob: float = 0.0,
@@ -243,6 +247,16 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
             entailment_weight=hp.entailment_weight,
             entailment_aperture=hp.entailment_aperture,
         )
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def _gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor [B, …]`` of every process, concatenated in rank order; this process's rows keep their gradient,
+        the others' are constants (each process's gradients come from its own loss; the strategy averages them)."""
+        parts = list(self.all_gather(tensor.detach()).unbind(0))
+        parts[self.global_rank] = tensor
+        return torch.cat(parts)
 
     def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """Captions → ``input_ids`` / ``attention_mask`` on the module's device (padded to the longest, truncated to
@@ -356,7 +370,8 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         tokens = self.tokenize(captions)  # tokenised once, for the texts and for the matching pairs
         text = text_embeddings(self.blip2, **tokens)
         rqs = self.step_generator("rqs") if self.hparams.query_aggregation == "rqs" else None
-        out = self.head(image, text, batch.get("image_ids"), rqs)
+        gather = self._gather if self.hparams.gather_negatives and self._world_size() > 1 else None
+        out = self.head(image, text, batch.get("image_ids"), rqs, gather)
         loss = out.loss
         size = len(captions)
         if matching:
@@ -373,6 +388,7 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
             self.log("train/loss_itc", out.contrastive.detach(), batch_size=size)
         if out.entailment is not None:
             self.log("train/loss_entailment", out.entailment.detach(), batch_size=size)
+        self.log("train/contrastive_batch", float(out.contrasted), batch_size=size)
         self.log("train/temperature", self.head.temperature.detach(), batch_size=size)
         self.log("train/curvature", self.head.curvature.detach(), batch_size=size)
         self.log("train/embedding_scale", self.head.embedding_scale.detach(), batch_size=size)

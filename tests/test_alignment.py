@@ -267,7 +267,7 @@ def test_rtp_applies_only_in_training_and_only_to_captions(
     module.configure_model()
     seen: dict = {}
     head_forward, tokenize = module.head.forward, module.tokenize
-    module.head.forward = lambda image, text, image_ids, generator=None: (
+    module.head.forward = lambda image, text, image_ids, generator=None, gather=None: (
         seen.update(ids=image_ids) or head_forward(image, text, image_ids)
     )
     features = alignment_module.vision_features
@@ -336,6 +336,42 @@ def test_euclidean_keeps_curvature_and_scale_in_the_graph_with_zero_gradient() -
     head.train()(torch.randn(4, 3, 8), torch.randn(4, 8)).loss.backward()
     assert head.log_curvature.grad is not None and float(head.log_curvature.grad) == 0.0
     assert float(head.log_embedding_scale.grad) == 0.0 and float(head.log_temperature.grad) != 0.0
+
+
+@pytest.mark.parametrize("aggregation", ["max", "mean"])
+def test_negatives_gathered_over_processes_average_to_the_loss_of_the_whole_batch(aggregation: str) -> None:
+    """Two processes holding three pairs each, each contrasting its pairs against all six (the other process's
+    points as constants): the mean of their losses is the loss of one process holding the six pairs, an image on
+    both processes (a padded last batch) counting as a positive across them; gradients reach this process's rows."""
+    from lit_hyperet.alignment.contrastive import image_keys
+
+    torch.manual_seed(0)
+    head = ContrastiveAlignment(8, space="poincare_distance", query_aggregation=aggregation).double().train()
+    image = torch.randn(6, 4, 8, dtype=torch.float64, requires_grad=True)
+    text = torch.randn(6, 8, dtype=torch.float64)
+    ids = ["a", "b", "c", "d", "a", "e"]
+    whole = head(image, text, ids)
+    assert whole.contrasted == 6
+    shares = [slice(0, 3), slice(3, 6)]
+    held = [(head.to_space(image[s]).detach(), head.to_space(text[s]).detach(), image_keys(ids[s])) for s in shares]
+    losses = []
+    for rank, share in enumerate(shares):
+        calls = iter(range(3))  # the head gathers its image points, its text points, then its image keys
+
+        def gather(tensor: torch.Tensor, rank: int = rank, calls=calls) -> torch.Tensor:
+            k = next(calls)
+            parts = [points[k] for points in held]
+            parts[rank] = tensor
+            return torch.cat(parts)
+
+        out = head(image[share], text[share], ids[share], gather=gather)
+        assert out.contrasted == 6 and out.logits.shape == (3, 3)
+        losses.append(out.contrastive)
+    torch.testing.assert_close((losses[0] + losses[1]) / 2, whole.contrastive)
+    losses[0].backward()
+    assert image.grad[:3].abs().sum() > 0 and image.grad[3:].abs().sum() == 0  # process 1's points are constants
+    with pytest.raises(ValueError, match="need the image ids"):
+        head(image[:3], text[:3], gather=lambda t: t)
 
 
 # ---------------------------------------------------------------------------------------------------- model

@@ -17,7 +17,9 @@ scores its pair (the drawn one under RQS, the best-matching one under ``max``, e
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,35 +37,54 @@ MAX_EMBEDDING_SCALE = 1.0
 
 
 @at_least_fp32
-def symmetric_infonce(logits: Tensor, label_smoothing: float = 0.1, positives: Tensor | None = None) -> Tensor:
-    """``(CE(image → text) + CE(text → image)) / 2`` over the square ``[B, B]`` logits of a batch of image–text pairs.
+def symmetric_infonce(
+    logits: Tensor, label_smoothing: float = 0.1, positives: Tensor | None = None, t2i_logits: Tensor | None = None
+) -> Tensor:
+    """``(CE(image → text) + CE(text → image)) / 2`` over the square ``[B, B]`` logits of a batch of image–text pairs,
+    or, with ``t2i_logits``, over this process's ``B`` pairs against the ``N`` pairs of every process: ``logits``
+    ``[B, N]`` (its images against every text) and ``t2i_logits`` ``[B, N]`` (its texts against every image).
 
-    Targets: pair ``(i, j)`` is positive when ``positives[i, j]`` (default: ``i == j``); each row's target spreads
-    uniformly over its positives (the same image twice in a batch: both captions match both copies), then label
-    smoothing ``ε`` mixes in the uniform distribution: ``(1 − ε)·target + ε/B`` (torch's ``cross_entropy``).
+    Targets: pair ``(i, j)`` is positive when ``positives[i, j]`` (default, square logits only: ``i == j``); each row's
+    target spreads uniformly over its positives (the same image twice in a batch: both captions match both copies),
+    then label smoothing ``ε`` mixes in the uniform distribution: ``(1 − ε)·target + ε/N`` (torch's
+    ``cross_entropy``). Over the processes' ``[B, N]`` slices the mean of this loss is the square loss of all ``N``.
     """
-    if logits.dim() != 2 or logits.shape[0] != logits.shape[1]:
+    square = logits.dim() == 2 and logits.shape[0] == logits.shape[1]
+    if t2i_logits is None and not square:
         raise ValueError(f"symmetric InfoNCE needs square [B, B] logits, got {tuple(logits.shape)}")
+    if t2i_logits is not None and (positives is None or not logits.shape == t2i_logits.shape == positives.shape):
+        raise ValueError("[B, N] logits need t2i_logits and positives of the same shape")
     if positives is None:
         positives = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
-    positives = positives.to(logits.dtype)
-    i2t = F.cross_entropy(logits, positives / positives.sum(1, keepdim=True), label_smoothing=label_smoothing)
-    t2i = F.cross_entropy(logits.T, positives.T / positives.T.sum(1, keepdim=True), label_smoothing=label_smoothing)
+    targets = positives.to(logits.dtype) / positives.sum(1, keepdim=True)
+    if t2i_logits is None:  # square: the texts' rows are the columns (pair i is image i with text i)
+        t2i_logits, t2i_targets = logits.T, positives.T.to(logits.dtype) / positives.T.sum(1, keepdim=True)
+    else:  # text i belongs to image i: its positives are its image's
+        t2i_targets = targets
+    i2t = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    t2i = F.cross_entropy(t2i_logits, t2i_targets, label_smoothing=label_smoothing)
     return (i2t + t2i) / 2
 
 
 def same_image(image_ids: list) -> Tensor:
     """``[B, B]`` bool: pairs whose images carry the same id."""
-    index = {key: i for i, key in enumerate(dict.fromkeys(image_ids))}
-    ids = torch.tensor([index[key] for key in image_ids])
-    return ids[:, None] == ids[None, :]
+    keys = image_keys(image_ids)
+    return keys[:, None] == keys[None, :]
+
+
+def image_keys(image_ids: list) -> Tensor:
+    """``[B]`` int64: each image id as the first 8 bytes of its BLAKE2 hash (the same in every process, so processes
+    can compare ids by exchanging tensors)."""
+    digests = (hashlib.blake2b(str(key).encode(), digest_size=8).digest() for key in image_ids)
+    return torch.tensor([int.from_bytes(d, "little", signed=True) for d in digests], dtype=torch.int64)
 
 
 @dataclass
 class AlignmentOutput:
     """``loss`` (scalar: contrastive + weighted entailment), ``logits`` ``[B, B]`` (similarity / temperature), the
-    points in the space: ``image`` ``[B, Q, D]``, ``text`` ``[B, D]``, the ``contrastive`` term and the unweighted
-    ``entailment`` term (``None`` when its weight is 0)."""
+    points in the space: ``image`` ``[B, Q, D]``, ``text`` ``[B, D]``, the ``contrastive`` term, the unweighted
+    ``entailment`` term (``None`` when its weight is 0) and ``contrasted``: the pairs each image and each text was
+    contrasted with (``B``, or the ``N`` of every process with gathered negatives)."""
 
     loss: Tensor
     logits: Tensor
@@ -71,6 +92,7 @@ class AlignmentOutput:
     text: Tensor
     contrastive: Tensor | None = None
     entailment: Tensor | None = None
+    contrasted: int = 0
 
 
 class ContrastiveAlignment(nn.Module):
@@ -198,26 +220,43 @@ class ContrastiveAlignment(nn.Module):
         text_embeds: Tensor,
         image_ids: list | None = None,
         generator: torch.Generator | None = None,
+        gather: Callable[[Tensor], Tensor] | None = None,
     ) -> AlignmentOutput:
         """Symmetric InfoNCE of ``B`` image–text pairs: ``image_embeds [B, Q, D]``, ``text_embeds [B, D]`` (pair
         ``i`` is image ``i`` with its caption ``i``; ``image_ids`` make repeated images positives of each other;
-        ``generator`` draws RQS's queries)."""
+        ``generator`` draws RQS's queries). ``gather`` (``[B, …]`` → the ``[N, …]`` of every process, in rank order)
+        makes every process's pairs negatives of this one's, as BLIP-2 gathers its features over the GPUs; the
+        returned ``logits`` stay this process's ``[B, B]``."""
         if self.training:
             self.clamp_()
         image, text = self.to_space(image_embeds), self.to_space(text_embeds)
         how = self.query_aggregation if self.training else self.eval_query_aggregation
         scored = q.pick_random_queries(image, generator) if how == "rqs" else image  # the queries the loss sees
+        how = "max" if how == "rqs" else how  # one query left under RQS: max is that query's similarity
         similarity = sp.query_similarity(self.space, scored, text, self.curvature)
-        logits = q.aggregate_queries(similarity, "max" if how == "rqs" else how) / self.temperature
-        positives = same_image(image_ids).to(logits.device) if image_ids is not None else None
-        contrastive = loss = symmetric_infonce(logits, self.label_smoothing, positives)
+        logits = q.aggregate_queries(similarity, how) / self.temperature
+        contrasted = logits.shape[1]
+        if gather is None:
+            positives = same_image(image_ids).to(logits.device) if image_ids is not None else None
+            contrastive = loss = symmetric_infonce(logits, self.label_smoothing, positives)
+        else:
+            if image_ids is None:
+                raise ValueError("negatives gathered over processes need the image ids (to find the positives)")
+            keys = image_keys(image_ids).to(logits.device)
+            all_scored, all_text, all_keys = gather(scored), gather(text), gather(keys)
+            i2t = q.aggregate_queries(sp.query_similarity(self.space, scored, all_text, self.curvature), how)
+            t2i = q.aggregate_queries(sp.query_similarity(self.space, all_scored, text, self.curvature), how).T
+            positives, contrasted = keys[:, None] == all_keys[None, :], len(all_keys)
+            contrastive = loss = symmetric_infonce(
+                i2t / self.temperature, self.label_smoothing, positives, t2i / self.temperature
+            )
         entailment = None
         if self.entailment_weight > 0:
             entailment = self.entailment(scored, text, similarity, how)
             loss = loss + self.entailment_weight * entailment
         if self.space == "euclidean":  # c and α unused: a zero weight keeps them in the graph (see module doc)
             loss = loss + 0.0 * (self.log_curvature + self.log_embedding_scale)
-        return AlignmentOutput(loss, logits, image, text, contrastive, entailment)
+        return AlignmentOutput(loss, logits, image, text, contrastive, entailment, contrasted)
 
     def entailment(self, image: Tensor, text: Tensor, similarity: Tensor, how: str) -> Tensor:
         """MERU's entailment loss of the ``B`` pairs (image ``i``, caption ``i``) from points ``image [B, Q', D]`` and
