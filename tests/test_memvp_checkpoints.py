@@ -122,6 +122,9 @@ def test_export_writes_a_plain_tower_and_loads_back_with_equal_logits(released: 
     (out / CONFIG).write_text(json.dumps(config))
     with pytest.raises(ConfigError, match=re.escape(f"{out / CONFIG}: memvp: unknown settings ['slot']")):
         load_merged(out)
+    (out / CONFIG).write_text("{")  # a truncated file
+    with pytest.raises(ConfigError, match=re.escape(f"{out / CONFIG}: not valid JSON")):
+        load_merged(out)
 
 
 def test_unknown_and_missing_keys_are_listed_by_name_before_shapes(

@@ -59,7 +59,10 @@ def load_merged(path: str | Path, llm_path: str | Path | None = None, dtype: str
     path = Path(path)
     if not (path / CONFIG).is_file():
         raise ConfigError(f"{str(path)!r} is not an exported MemVP dir (no {CONFIG})")
-    config = json.loads((path / CONFIG).read_text())
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path / CONFIG}: not valid JSON ({err}); export the checkpoint again") from err
     if config.get("format") != FORMAT:
         raise ConfigError(f"{path / CONFIG}: format {config.get('format')!r}, expected {FORMAT!r}")
     if not isinstance(config.get("memvp"), dict) or not (llm_path or config.get("llm_path")):
