@@ -26,6 +26,7 @@ from torchmetrics.functional import spearman_corrcoef
 from lit_hyperet.alignment import (
     ENTAILMENT_SPACES,
     EVAL_QUERY_AGGREGATIONS,
+    ITM_NEGATIVES,
     MERU_APERTURE,
     QUERY_AGGREGATIONS,
     RTP_MODES,
@@ -39,6 +40,7 @@ from lit_hyperet.alignment import (
     itm_loss,
     prune_captions,
     same_image,
+    sampled_negatives,
 )
 from lit_hyperet.class_paths import to_spec
 from lit_hyperet.hyperet import HyperETConfig, adapted_module_names, adapted_width
@@ -112,8 +114,10 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
             with ``poincare_cosine`` it is the only term of the loss that sees the radius.
         entailment_aperture: MERU's ``K`` in the half aperture ``asin(2K / (√c‖t‖))`` (MERU: 0.1).
         itm_weight: weight of image–text matching (0: off): the model's ITM head, trained, scores each positive pair
-            and the hardest negative text of each image and image of each text mined from the batch's contrastive
-            similarities (:mod:`lit_hyperet.alignment.itm`).
+            and a negative text of each image and image of each text mined from the batch's contrastive logits
+            (:mod:`lit_hyperet.alignment.itm`).
+        itm_negatives: ``hardest`` (the highest-scoring non-matching pair) or ``sampled`` (LAVIS: drawn in
+            proportion to the softmax of the logits, from a per-step generator).
         image_size: process images at this square resolution (LAVIS' retrieval fine-tuning: 364) instead of the
             processor's own; the vision tower interpolates its position embeddings. ``None``: the processor's.
         gradient_checkpointing: activation checkpointing inside the transformers model (non-reentrant).
@@ -155,6 +159,7 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         entailment_weight: float = 0.0,
         entailment_aperture: float = MERU_APERTURE,
         itm_weight: float = 0.0,
+        itm_negatives: Literal["hardest", "sampled"] = "hardest",
         image_size: int | None = None,
         gradient_checkpointing: bool = False,
     ) -> None:
@@ -163,6 +168,7 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         _choice("query_aggregation", query_aggregation, QUERY_AGGREGATIONS)
         _choice("eval_query_aggregation", eval_query_aggregation, EVAL_QUERY_AGGREGATIONS)
         _choice("rtp_mode", rtp_mode, RTP_MODES)
+        _choice("itm_negatives", itm_negatives, ITM_NEGATIVES)
         if not 0.0 <= rtp_prob <= 1.0:
             raise ConfigError(f"rtp_prob must be in [0, 1], got {rtp_prob}")
         if not curvature > 0:
@@ -405,7 +411,11 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         ``logits [B, B]`` (pairs of the same image never count as negatives), scored by the model's ITM head."""
         count = logits.shape[0]
         positives = same_image(image_ids) if image_ids is not None else torch.eye(count, dtype=torch.bool)
-        mined = hardest_negatives(logits, positives.to(logits.device))
+        positives = positives.to(logits.device)
+        if self.hparams.itm_negatives == "sampled":
+            mined = sampled_negatives(logits, positives, self.step_generator("itm"))
+        else:
+            mined = hardest_negatives(logits, positives)
         pairs = torch.arange(count, device=logits.device)
         images = torch.cat([pairs, mined.image_rows, mined.image_for_text])
         texts = torch.cat([pairs, mined.text_for_image, mined.text_rows])

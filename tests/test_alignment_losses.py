@@ -23,6 +23,7 @@ from lit_hyperet.alignment import (
     half_aperture,
     hardest_negatives,
     same_image,
+    sampled_negatives,
 )
 from lit_hyperet.alignment.entailment import ball_to_hyperboloid
 from lit_hyperet.alignment_module import HyperbolicAlignmentModule
@@ -127,6 +128,27 @@ def test_itm_negatives_are_the_hardest_non_matching_pairs() -> None:
     assert alone.image_rows.numel() == 0 and alone.text_rows.numel() == 0  # nothing to mine: no negative
 
 
+def test_sampled_itm_negatives_follow_the_softmax_and_never_match() -> None:
+    """LAVIS' rule: a non-matching pair drawn in proportion to the softmax of its logit; the same generator state
+    draws the same pairs; a row with nothing to draw gets no negative."""
+    logits = torch.tensor([[5.0, 0.0, math.log(3.0)], [0.0, 5.0, 0.0], [0.0, 0.0, 5.0]])
+    positives = same_image(["a", "b", "c"])
+    draws = [sampled_negatives(logits, positives, torch.Generator().manual_seed(seed)) for seed in range(2000)]
+    texts_of_image_0 = torch.stack([d.text_for_image[0] for d in draws])
+    assert set(texts_of_image_0.tolist()) == {1, 2}  # never its own text 0
+    assert (texts_of_image_0 == 2).float().mean() == pytest.approx(0.75, abs=0.03)  # e^{log 3} : e^0 = 3 : 1
+    images_of_text_0 = torch.stack([d.image_for_text[0] for d in draws])
+    assert set(images_of_text_0.tolist()) == {1, 2}  # column 0 of images 1 and 2: logits 0 and 0, an even draw
+    assert (images_of_text_0 == 1).float().mean() == pytest.approx(0.5, abs=0.04)
+    again = sampled_negatives(logits, positives, torch.Generator().manual_seed(7))
+    assert torch.equal(again.text_for_image, draws[7].text_for_image)
+    assert torch.equal(again.image_for_text, draws[7].image_for_text)
+    alone = sampled_negatives(torch.ones(2, 2), same_image(["x", "x"]), torch.Generator().manual_seed(0))
+    assert alone.image_rows.numel() == 0 and alone.text_for_image.numel() == 0
+    with pytest.raises(ConfigError, match="itm_negatives"):
+        HyperbolicAlignmentModule(model=TinyBlip2Retrieval(path="unused"), itm_negatives="random")
+
+
 def test_itm_logits_are_the_models_own_matching_head(tiny_blip2_dir: Path) -> None:
     module = make_module(tiny_blip2_dir)
     batch = train_batch(module.processor, 3)
@@ -195,3 +217,35 @@ def test_entailment_and_itm_train_a_few_steps_on_the_hardest_pairs(
         )
     assert not torch.equal(module.blip2.itm_head.weight.detach(), head_before)  # the ITM head trained
     assert record.logged[-1]["train/loss_itm"] < record.logged[0]["train/loss_itm"]
+
+
+def test_sampled_itm_negatives_come_from_the_step_generator(
+    tiny_blip2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``itm_negatives: sampled`` draws through the step's own generator: two fits from the same seed draw the same
+    negatives, none of them a matching pair."""
+    drawn: list[list[torch.Tensor]] = [[], []]
+    original = alignment_module.sampled_negatives
+    for run in drawn:
+
+        def spy(logits: torch.Tensor, positives: torch.Tensor, generator: torch.Generator, run: list = run):
+            mined = original(logits, positives, generator)
+            assert not positives[mined.image_rows, mined.text_for_image].any()
+            run.append(mined.text_for_image)
+            return mined
+
+        monkeypatch.setattr(alignment_module, "sampled_negatives", spy)
+        module = make_module(tiny_blip2_dir, itm_weight=1.0, itm_negatives="sampled")
+        torch.manual_seed(0)
+        trainer = Trainer(
+            accelerator="cpu",
+            max_steps=2,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            default_root_dir=tmp_path,
+            limit_val_batches=0,
+        )
+        trainer.fit(module, datamodule=ShapeCaptionData(module.processor, num_images=8, repeat=4))
+    assert len(drawn[0]) == 2 and all(torch.equal(a, b) for a, b in zip(*drawn, strict=True))

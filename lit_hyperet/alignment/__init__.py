@@ -26,7 +26,7 @@ from lit_hyperet.alignment.entailment import (
     exterior_angle,
     half_aperture,
 )
-from lit_hyperet.alignment.itm import HardNegatives, hardest_negatives, itm_loss
+from lit_hyperet.alignment.itm import ITM_NEGATIVES, HardNegatives, hardest_negatives, itm_loss, sampled_negatives
 from lit_hyperet.alignment.queries import (
     EVAL_QUERY_AGGREGATIONS,
     QUERY_AGGREGATIONS,
@@ -53,6 +53,7 @@ __all__ = [
     "DISTANCE_SPACES",
     "ENTAILMENT_SPACES",
     "EVAL_QUERY_AGGREGATIONS",
+    "ITM_NEGATIVES",
     "MAX_EMBEDDING_SCALE",
     "MERU_APERTURE",
     "MERU_WEIGHT",
@@ -82,6 +83,7 @@ __all__ = [
     "radius",
     "random_query_indices",
     "same_image",
+    "sampled_negatives",
     "saturated",
     "symmetric_infonce",
     "to_space",

@@ -2,10 +2,10 @@
 
 BLIP-2's stage 1 adds a binary matching loss: the model's ITM head scores a pair as match / no match, on each positive
 pair of the batch, one negative text per image and one negative image per text. The negatives are mined from the
-ITC similarities of the batch, without gradient: here **the hardest** non-matching pair (the highest similarity
-among the pairs whose images differ), where LAVIS (``blip2_qformer.py``) draws one in proportion to the softmax of
-the similarities. A row without any non-matching pair (every image of the batch the same) contributes no negative;
-the count is returned. The loss is the cross-entropy over the ``B`` positives (label 1) and the mined negatives
+ITC logits of the batch, without gradient: **the hardest** non-matching pair (the highest logit among the pairs
+whose images differ), or, as LAVIS does (``blip2_qformer.py``), one **sampled** in proportion to the softmax of the
+logits over the non-matching pairs. A row without any non-matching pair (every image of the batch the same)
+contributes no negative. The loss is the cross-entropy over the ``B`` positives (label 1) and the mined negatives
 (label 0), as in BLIP-2.
 """
 
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
+ITM_NEGATIVES = ("hardest", "sampled")
 
 
 @dataclass
@@ -29,6 +30,26 @@ class HardNegatives:
     image_rows: Tensor
     image_for_text: Tensor
     text_rows: Tensor
+
+
+@torch.no_grad()
+def sampled_negatives(similarity: Tensor, positives: Tensor, generator: torch.Generator) -> HardNegatives:
+    """LAVIS' rule: each image's negative text drawn with probability ``softmax(similarity)`` over its non-matching
+    texts, and each text's negative image likewise (``similarity [B, B]``: logits; ``generator``: a CPU generator)."""
+    masked = similarity.detach().float().cpu().masked_fill(positives.cpu(), float("-inf"))
+    image_rows = (~positives.all(dim=1)).nonzero().flatten()
+    text_rows = (~positives.all(dim=0)).nonzero().flatten()
+
+    def draw(rows: Tensor) -> Tensor:
+        return torch.multinomial(rows.softmax(dim=1), 1, generator=generator).flatten() if len(rows) else rows[:, 0]
+
+    device = similarity.device
+    return HardNegatives(
+        text_for_image=draw(masked[image_rows.cpu()]).long().to(device),
+        image_rows=image_rows,
+        image_for_text=draw(masked.T[text_rows.cpu()]).long().to(device),
+        text_rows=text_rows,
+    )
 
 
 @torch.no_grad()
