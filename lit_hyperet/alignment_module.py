@@ -18,6 +18,7 @@ import os
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics.aggregation import CatMetric, MeanMetric
@@ -32,6 +33,7 @@ from lit_hyperet.alignment import (
     RTP_MODES,
     SPACES,
     TEMPERATURE_RANGE,
+    AlignmentOutput,
     ContrastiveAlignment,
     QueryAggregation,
     RtpMode,
@@ -381,7 +383,7 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         loss = out.loss
         size = len(captions)
         if matching:
-            itm = self.itm_loss(features, tokens, out.logits, batch.get("image_ids"))
+            itm = self.itm_loss(features, tokens, out, batch.get("image_ids"))
             self.log("train/loss_itm", itm.detach(), batch_size=size)
             loss = loss + self.hparams.itm_weight * itm
         if not all_ranks_finite(loss, self.trainer.strategy if self._trainer is not None else None):
@@ -405,22 +407,35 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         return loss
 
     def itm_loss(
-        self, features: torch.Tensor, tokens: dict[str, torch.Tensor], logits: torch.Tensor, image_ids: list | None
+        self, features: torch.Tensor, tokens: dict[str, torch.Tensor], out: AlignmentOutput, image_ids: list | None
     ) -> torch.Tensor:
-        """Image–text matching over the ``B`` positive pairs and the hardest negatives mined from the contrastive
-        ``logits [B, B]`` (pairs of the same image never count as negatives), scored by the model's ITM head."""
-        count = logits.shape[0]
-        positives = same_image(image_ids) if image_ids is not None else torch.eye(count, dtype=torch.bool)
-        positives = positives.to(logits.device)
-        if self.hparams.itm_negatives == "sampled":
-            mined = sampled_negatives(logits, positives, self.step_generator("itm"))
+        """Image–text matching over the ``B`` positive pairs and the negatives mined from the contrastive logits (pairs
+        of the same image never count as negatives), scored by the model's ITM head. With negatives gathered over
+        the processes they are mined among every process's pairs, as LAVIS does: the vision features of every process
+        (with their gradient) and the tokens of every process (padded to ``max_text_length``) are gathered."""
+        count = out.logits.shape[0]
+        if out.gathered is None:
+            positives = same_image(image_ids) if image_ids is not None else torch.eye(count, dtype=torch.bool)
+            similarity, t2i, positives = out.logits, None, positives.to(out.logits.device)
+            all_features, all_tokens = features, tokens
         else:
-            mined = hardest_negatives(logits, positives)
-        pairs = torch.arange(count, device=logits.device)
-        images = torch.cat([pairs, mined.image_rows, mined.image_for_text])
-        texts = torch.cat([pairs, mined.text_for_image, mined.text_rows])
-        scores = itm_logits(self.blip2, features[images], tokens["input_ids"][texts], tokens["attention_mask"][texts])
-        return itm_loss(scores, count)
+            similarity, t2i, positives = out.gathered
+            pad = self.hparams.max_text_length - tokens["input_ids"].shape[1]
+            pad_id = self.processor.tokenizer.pad_token_id or 0
+            tokens = {k: F.pad(v, (0, pad), value=pad_id if k == "input_ids" else 0) for k, v in tokens.items()}
+            all_features = self.all_gather(features, sync_grads=True).flatten(0, 1)
+            all_tokens = {k: self.all_gather(v).flatten(0, 1) for k, v in tokens.items()}
+        if self.hparams.itm_negatives == "sampled":
+            mined = sampled_negatives(similarity, positives, self.step_generator("itm"), t2i)
+        else:
+            mined = hardest_negatives(similarity, positives, t2i)
+        pairs = torch.arange(count, device=out.logits.device)
+        images = torch.cat([features[pairs], features[mined.image_rows], all_features[mined.image_for_text]])
+        texts = {
+            k: torch.cat([tokens[k][pairs], all_tokens[k][mined.text_for_image], tokens[k][mined.text_rows]])
+            for k in ("input_ids", "attention_mask")
+        }
+        return itm_loss(itm_logits(self.blip2, images, texts["input_ids"], texts["attention_mask"]), count)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate("val", batch)

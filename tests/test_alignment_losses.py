@@ -128,6 +128,21 @@ def test_itm_negatives_are_the_hardest_non_matching_pairs() -> None:
     assert alone.image_rows.numel() == 0 and alone.text_rows.numel() == 0  # nothing to mine: no negative
 
 
+def test_itm_negatives_are_mined_among_every_process_pairs() -> None:
+    """This process's 2 pairs against the 4 of two processes: the indices count in the 4, another process's text or
+    image is mined when it is the hardest, and an image on both processes never counts as a negative."""
+    i2t = torch.tensor([[9.0, 1.0, 8.0, 2.0], [1.0, 9.0, 3.0, 4.0]])  # images 0, 1 (here) against texts 0..3
+    t2i = torch.tensor([[9.0, 7.0, 1.0, 2.0], [0.0, 9.0, 5.0, 6.0]])  # texts 0, 1 (here) against images 0..3
+    positives = torch.tensor([[True, False, False, False], [False, True, False, True]])  # image 1 is also image 3
+    mined = hardest_negatives(i2t, positives, t2i)
+    assert mined.text_for_image.tolist() == [2, 2]  # image 0: text 2 (8.0); image 1: text 3 is its own, text 2 (3.0)
+    assert mined.image_for_text.tolist() == [1, 2]  # text 0: image 1 (7.0); text 1: image 3 is its own, image 2 (5.0)
+    rows = torch.arange(2)
+    for seed in range(20):
+        drawn = sampled_negatives(i2t, positives, torch.Generator().manual_seed(seed), t2i)
+        assert not positives[rows, drawn.text_for_image].any() and not positives[rows, drawn.image_for_text].any()
+
+
 def test_sampled_itm_negatives_follow_the_softmax_and_never_match() -> None:
     """LAVIS' rule: a non-matching pair drawn in proportion to the softmax of its logit; the same generator state
     draws the same pairs; a row with nothing to draw gets no negative."""
@@ -184,8 +199,9 @@ def test_entailment_and_itm_train_a_few_steps_on_the_hardest_pairs(
     seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     original = alignment_module.hardest_negatives
 
-    def spy(logits: torch.Tensor, positives: torch.Tensor):
-        mined = original(logits, positives)
+    def spy(logits: torch.Tensor, positives: torch.Tensor, t2i: torch.Tensor | None = None):
+        assert t2i is None  # one process: mined within the batch
+        mined = original(logits, positives, t2i)
         seen.append((logits.detach().clone(), positives.clone(), mined.text_for_image))
         return mined
 
@@ -228,8 +244,8 @@ def test_sampled_itm_negatives_come_from_the_step_generator(
     original = alignment_module.sampled_negatives
     for run in drawn:
 
-        def spy(logits: torch.Tensor, positives: torch.Tensor, generator: torch.Generator, run: list = run):
-            mined = original(logits, positives, generator)
+        def spy(logits: torch.Tensor, positives: torch.Tensor, generator: torch.Generator, t2i=None, run: list = run):
+            mined = original(logits, positives, generator, t2i)
             assert not positives[mined.image_rows, mined.text_for_image].any()
             run.append(mined.text_for_image)
             return mined

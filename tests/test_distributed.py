@@ -413,8 +413,9 @@ ALIGNMENT_RESUME_FROM = 2  # the end of the first epoch (2 steps of 8 images per
 
 def alignment_fit_args(model_dir: Path, data_dir: Path, out: Path, strategy: str) -> list[str]:
     """A 2-process CPU fit of the alignment demo config with the strategy config: the tiny BLIP-2 with HyperET on its
-    tower, Poincaré distances, learnt curvature, embedding scale and temperature; 16 training images per rank in
-    batches of 8; validation at the last step on 8 images per rank (recall over all 16, gathered)."""
+    tower, Poincaré distances, learnt curvature, embedding scale and temperature, ITM with sampled negatives (mined
+    among both ranks' pairs); 16 training images per rank in batches of 8; validation at the last step on 8 images
+    per rank (recall over all 16, gathered)."""
     from lit_hyperet.tasks.captions.demo import FILE_NAME
 
     return [
@@ -431,6 +432,10 @@ def alignment_fit_args(model_dir: Path, data_dir: Path, out: Path, strategy: str
         "true",
         "--model.init_args.hyperet.variant",
         "diagonal",
+        "--model.init_args.itm_weight",
+        "1.0",
+        "--model.init_args.itm_negatives",
+        "sampled",
         "--data.init_args.annotations",
         str(data_dir / FILE_NAME),
         "--data.init_args.image_root",
@@ -496,6 +501,7 @@ def test_alignment_under_fsdp2_equals_ddp(alignment_runs: dict[str, Run]) -> Non
     assert not torch.equal(fsdp.ranks[0]["losses"][1], fsdp.ranks[1]["losses"][1])  # the ranks saw other batches
     for run, rank in itertools.product((fsdp, ddp), (0, 1)):  # each rank's 8 pairs against both ranks' (BLIP-2)
         assert run.ranks[rank]["metrics"]["train/contrastive_batch"] == 16
+        assert math.isfinite(run.ranks[rank]["metrics"]["train/loss_itm"])
     assert_same_tensors(fsdp.ranks[1]["state"], fsdp.state)
     compared = {k: v for k, v in fsdp.state.items() if not k.endswith("attention.key.bias")}
     replicated = ["blip2.query_tokens", "head.log_temperature", "head.log_curvature", "head.log_embedding_scale"]

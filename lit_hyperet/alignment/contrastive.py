@@ -83,8 +83,10 @@ def image_keys(image_ids: list) -> Tensor:
 class AlignmentOutput:
     """``loss`` (scalar: contrastive + weighted entailment), ``logits`` ``[B, B]`` (similarity / temperature), the
     points in the space: ``image`` ``[B, Q, D]``, ``text`` ``[B, D]``, the ``contrastive`` term, the unweighted
-    ``entailment`` term (``None`` when its weight is 0) and ``contrasted``: the pairs each image and each text was
-    contrasted with (``B``, or the ``N`` of every process with gathered negatives)."""
+    ``entailment`` term (``None`` when its weight is 0), ``contrasted``: the pairs each image and each text was
+    contrasted with (``B``, or the ``N`` of every process with gathered negatives), and, with gathered negatives,
+    ``gathered``: the logits ``[B, N]`` of this process's images against every text and of its texts against every
+    image, and their positives ``[B, N]``."""
 
     loss: Tensor
     logits: Tensor
@@ -93,6 +95,7 @@ class AlignmentOutput:
     contrastive: Tensor | None = None
     entailment: Tensor | None = None
     contrasted: int = 0
+    gathered: tuple[Tensor, Tensor, Tensor] | None = None
 
 
 class ContrastiveAlignment(nn.Module):
@@ -235,7 +238,7 @@ class ContrastiveAlignment(nn.Module):
         how = "max" if how == "rqs" else how  # one query left under RQS: max is that query's similarity
         similarity = sp.query_similarity(self.space, scored, text, self.curvature)
         logits = q.aggregate_queries(similarity, how) / self.temperature
-        contrasted = logits.shape[1]
+        contrasted, gathered = logits.shape[1], None
         if gather is None:
             positives = same_image(image_ids).to(logits.device) if image_ids is not None else None
             contrastive = loss = symmetric_infonce(logits, self.label_smoothing, positives)
@@ -247,16 +250,15 @@ class ContrastiveAlignment(nn.Module):
             i2t = q.aggregate_queries(sp.query_similarity(self.space, scored, all_text, self.curvature), how)
             t2i = q.aggregate_queries(sp.query_similarity(self.space, all_scored, text, self.curvature), how).T
             positives, contrasted = keys[:, None] == all_keys[None, :], len(all_keys)
-            contrastive = loss = symmetric_infonce(
-                i2t / self.temperature, self.label_smoothing, positives, t2i / self.temperature
-            )
+            gathered = (i2t / self.temperature, t2i / self.temperature, positives)
+            contrastive = loss = symmetric_infonce(gathered[0], self.label_smoothing, positives, gathered[1])
         entailment = None
         if self.entailment_weight > 0:
             entailment = self.entailment(scored, text, similarity, how)
             loss = loss + self.entailment_weight * entailment
         if self.space == "euclidean":  # c and α unused: a zero weight keeps them in the graph (see module doc)
             loss = loss + 0.0 * (self.log_curvature + self.log_embedding_scale)
-        return AlignmentOutput(loss, logits, image, text, contrastive, entailment, contrasted)
+        return AlignmentOutput(loss, logits, image, text, contrastive, entailment, contrasted, gathered)
 
     def entailment(self, image: Tensor, text: Tensor, similarity: Tensor, how: str) -> Tensor:
         """MERU's entailment loss of the ``B`` pairs (image ``i``, caption ``i``) from points ``image [B, Q', D]`` and

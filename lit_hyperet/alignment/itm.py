@@ -32,39 +32,60 @@ class HardNegatives:
     text_rows: Tensor
 
 
+def _directions(similarity: Tensor, positives: Tensor, t2i: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Image rows and text rows with their positives: ``similarity [B, N]`` (this process's images against every
+    text) and ``t2i [B, N]`` (its texts against every image, sharing the images' positives), or, for a square batch
+    (``t2i`` ``None``), the columns of ``similarity``."""
+    positives = positives.to(similarity.device)
+    if t2i is None:
+        return similarity, positives, similarity.T, positives.T
+    return similarity, positives, t2i, positives
+
+
+def _masked(similarity: Tensor, positives: Tensor) -> Tensor:
+    return similarity.detach().float().masked_fill(positives, float("-inf"))
+
+
+def _rows(positives: Tensor) -> Tensor:
+    """The rows with at least one non-matching pair."""
+    return (~positives.all(dim=1)).nonzero().flatten()
+
+
 @torch.no_grad()
-def sampled_negatives(similarity: Tensor, positives: Tensor, generator: torch.Generator) -> HardNegatives:
+def sampled_negatives(
+    similarity: Tensor, positives: Tensor, generator: torch.Generator, t2i: Tensor | None = None
+) -> HardNegatives:
     """LAVIS' rule: each image's negative text drawn with probability ``softmax(similarity)`` over its non-matching
-    texts, and each text's negative image likewise (``similarity [B, B]``: logits; ``generator``: a CPU generator)."""
-    masked = similarity.detach().float().cpu().masked_fill(positives.cpu(), float("-inf"))
-    image_rows = (~positives.all(dim=1)).nonzero().flatten()
-    text_rows = (~positives.all(dim=0)).nonzero().flatten()
+    texts, and each text's negative image likewise (logits; ``generator``: a CPU generator; ``t2i``: see
+    :func:`hardest_negatives`)."""
+    i2t, image_positives, t2i, text_positives = _directions(similarity, positives, t2i)
+    image_rows, text_rows = _rows(image_positives), _rows(text_positives)
 
-    def draw(rows: Tensor) -> Tensor:
-        return torch.multinomial(rows.softmax(dim=1), 1, generator=generator).flatten() if len(rows) else rows[:, 0]
+    def draw(logits: Tensor, rows: Tensor, rows_positives: Tensor) -> Tensor:
+        weights = _masked(logits[rows], rows_positives[rows]).cpu().softmax(dim=1)
+        drawn = torch.multinomial(weights, 1, generator=generator).flatten() if len(rows) else weights[:, 0].long()
+        return drawn.to(similarity.device)
 
-    device = similarity.device
     return HardNegatives(
-        text_for_image=draw(masked[image_rows.cpu()]).long().to(device),
+        text_for_image=draw(i2t, image_rows, image_positives),
         image_rows=image_rows,
-        image_for_text=draw(masked.T[text_rows.cpu()]).long().to(device),
+        image_for_text=draw(t2i, text_rows, text_positives),
         text_rows=text_rows,
     )
 
 
 @torch.no_grad()
-def hardest_negatives(similarity: Tensor, positives: Tensor) -> HardNegatives:
+def hardest_negatives(similarity: Tensor, positives: Tensor, t2i: Tensor | None = None) -> HardNegatives:
     """The hardest non-matching text of each image and image of each text, from ``similarity [B, B]`` (image ``i``,
-    text ``j``) and ``positives [B, B]`` (bool: pairs of the same image)."""
-    masked = similarity.detach().float().masked_fill(positives.to(similarity.device), float("-inf"))
-    has_image_negative = ~positives.all(dim=1)
-    has_text_negative = ~positives.all(dim=0)
-    image_rows = has_image_negative.nonzero().flatten()
-    text_rows = has_text_negative.nonzero().flatten()
+    text ``j``) and ``positives [B, B]`` (bool: pairs of the same image); with ``t2i``, from this process's pairs
+    against the ``N`` of every process: ``similarity [B, N]`` (its images against every text), ``t2i [B, N]`` (its
+    texts against every image) and ``positives [B, N]``, the mined indices then counting in ``N``."""
+    i2t, image_positives, t2i, text_positives = _directions(similarity, positives, t2i)
+    image_rows, text_rows = _rows(image_positives), _rows(text_positives)
     return HardNegatives(
-        text_for_image=masked.argmax(dim=1)[image_rows],
+        text_for_image=_masked(i2t, image_positives).argmax(dim=1)[image_rows],
         image_rows=image_rows,
-        image_for_text=masked.argmax(dim=0)[text_rows],
+        image_for_text=_masked(t2i, text_positives).argmax(dim=1)[text_rows],
         text_rows=text_rows,
     )
 
