@@ -429,10 +429,10 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
             mined = sampled_negatives(similarity, positives, self.step_generator("itm"), t2i)
         else:
             mined = hardest_negatives(similarity, positives, t2i)
-        pairs = torch.arange(count, device=out.logits.device)
-        images = torch.cat([features[pairs], features[mined.image_rows], all_features[mined.image_for_text]])
+        # the B positive pairs first, then each image with its negative text, then each text with its negative image
+        images = torch.cat([features, features[mined.image_rows], all_features[mined.image_for_text]])
         texts = {
-            k: torch.cat([tokens[k][pairs], all_tokens[k][mined.text_for_image], tokens[k][mined.text_rows]])
+            k: torch.cat([tokens[k], all_tokens[k][mined.text_for_image], tokens[k][mined.text_rows]])
             for k in ("input_ids", "attention_mask")
         }
         return itm_loss(itm_logits(self.blip2, images, texts["input_ids"], texts["attention_mask"]), count)
