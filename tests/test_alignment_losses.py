@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -31,6 +32,12 @@ from lit_hyperet.models.blip2 import TinyBlip2Retrieval, itm_logits, vision_feat
 from lit_hyperet.user_errors import ConfigError
 
 CONSTANT_LR = {"class_path": "torch.optim.lr_scheduler.ConstantLR", "init_args": {"factor": 1.0}}
+
+
+def quiet_trainer(root: Path, **kwargs: Any) -> Trainer:
+    """A CPU trainer without validation, logger, checkpoints or progress output (``kwargs``: steps, callbacks)."""
+    quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    return Trainer(accelerator="cpu", default_root_dir=root, limit_val_batches=0, **quiet, **kwargs)
 
 
 def make_module(model_dir: Path, **kwargs) -> HyperbolicAlignmentModule:
@@ -208,18 +215,7 @@ def test_entailment_and_itm_train_a_few_steps_on_the_hardest_pairs(
     monkeypatch.setattr(alignment_module, "hardest_negatives", spy)
     torch.manual_seed(0)  # the data order and dropout: the same few steps whichever tests ran before
     record = Record()
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=4,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        limit_val_batches=0,
-        callbacks=[record],
-        log_every_n_steps=1,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=4, callbacks=[record], log_every_n_steps=1)
     trainer.fit(module, datamodule=ShapeCaptionData(module.processor, num_images=8, repeat=4))
     assert len(seen) == 4
     for logits, positives, mined_texts in seen:
@@ -253,15 +249,6 @@ def test_sampled_itm_negatives_come_from_the_step_generator(
         monkeypatch.setattr(alignment_module, "sampled_negatives", spy)
         module = make_module(tiny_blip2_dir, itm_weight=1.0, itm_negatives="sampled")
         torch.manual_seed(0)
-        trainer = Trainer(
-            accelerator="cpu",
-            max_steps=2,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            default_root_dir=tmp_path,
-            limit_val_batches=0,
-        )
+        trainer = quiet_trainer(tmp_path, max_steps=2)
         trainer.fit(module, datamodule=ShapeCaptionData(module.processor, num_images=8, repeat=4))
     assert len(drawn[0]) == 2 and all(torch.equal(a, b) for a, b in zip(*drawn, strict=True))

@@ -7,8 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-from helpers.resume import ROOT, fit_command, run_fit
+from helpers.resume import ROOT, assert_resume_matches, fit_command, run_fit
 
 IMAGES, BATCH = 24, 8  # 3 steps per epoch: the run crosses into a second epoch
 STEPS = 5
@@ -45,13 +44,4 @@ def runs(tiny_blip2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 
 
 def test_killed_and_resumed_alignment_fit_ends_where_the_uninterrupted_fit_ends(runs: dict[str, Path]) -> None:
-    uninterrupted = torch.load(runs["uninterrupted"] / "ranks" / "rank0.pt", weights_only=True)
-    resumed = torch.load(runs["resumed"] / "ranks" / "rank0.pt", weights_only=True)
-    assert not (runs["killed"] / "ranks").exists()  # the killed run never reached the end of fit
-    assert torch.load(runs["killed"] / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == KILL_AFTER
-    assert sorted(resumed["losses"]) == list(range(KILL_AFTER + 1, STEPS + 1))
-    for step, loss in resumed["losses"].items():
-        assert torch.equal(loss, uninterrupted["losses"][step]), step
-    assert uninterrupted["state"].keys() == resumed["state"].keys()
-    for name, value in uninterrupted["state"].items():
-        assert torch.equal(resumed["state"][name], value), name
+    assert_resume_matches(runs, KILL_AFTER, STEPS)

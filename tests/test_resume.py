@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.resume import ROOT, fit_command, run_fit
+from helpers.resume import ROOT, assert_resume_matches, fit_command, run_fit
 
 STEPS = 8  # 72 training problems in batches of 16: 5 steps per epoch, so the run crosses into a second epoch
 KILL_AFTER = 2  # mid-epoch
@@ -35,17 +35,7 @@ def runs(tiny_model_dir: Path, demo_data_dir: Path, tmp_path_factory: pytest.Tem
 
 
 def test_killed_and_resumed_fit_ends_where_the_uninterrupted_fit_ends(runs: dict[str, Path]) -> None:
-    uninterrupted = torch.load(runs["uninterrupted"] / "ranks" / "rank0.pt", weights_only=True)
-    resumed = torch.load(runs["resumed"] / "ranks" / "rank0.pt", weights_only=True)
-    assert not (runs["killed"] / "ranks").exists()  # the killed run never reached the end of fit
-    checkpoint = torch.load(runs["killed"] / "ckpt" / "last.ckpt", weights_only=True)
-    assert checkpoint["global_step"] == KILL_AFTER
-    assert sorted(resumed["losses"]) == list(range(KILL_AFTER + 1, STEPS + 1))
-    for step, loss in resumed["losses"].items():
-        assert torch.equal(loss, uninterrupted["losses"][step]), step
-    assert uninterrupted["state"].keys() == resumed["state"].keys()
-    for name, value in uninterrupted["state"].items():
-        assert torch.equal(resumed["state"][name], value), name
+    assert_resume_matches(runs, KILL_AFTER, STEPS)
     ends = [torch.load(runs[name] / "ckpt" / "last.ckpt", weights_only=True) for name in ("uninterrupted", "resumed")]
     assert ends[0]["lr_schedulers"] == ends[1]["lr_schedulers"]  # the lr schedule ends in the same state
 

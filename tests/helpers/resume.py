@@ -8,6 +8,9 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,3 +36,20 @@ def run_fit(command: list[str], out: Path, killed: bool = False) -> None:
         assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     else:
         assert result.returncode == 0, result.stderr[-3000:]
+
+
+def assert_resume_matches(runs: dict[str, Path], kill_after: int, steps: int) -> dict[str, Any]:
+    """The ``killed`` run died after its step-``kill_after`` checkpoint; the ``resumed`` run's losses from there on and
+    its final trainable tensors equal the ``uninterrupted`` run's, bit for bit. Returns the killed run's checkpoint."""
+    uninterrupted = torch.load(runs["uninterrupted"] / "ranks" / "rank0.pt", weights_only=True)
+    resumed = torch.load(runs["resumed"] / "ranks" / "rank0.pt", weights_only=True)
+    assert not (runs["killed"] / "ranks").exists()  # the killed run never reached the end of fit
+    checkpoint = torch.load(runs["killed"] / "ckpt" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == kill_after
+    assert sorted(resumed["losses"]) == list(range(kill_after + 1, steps + 1))
+    for step, loss in resumed["losses"].items():
+        assert torch.equal(loss, uninterrupted["losses"][step]), step
+    assert uninterrupted["state"].keys() == resumed["state"].keys()
+    for name, value in uninterrupted["state"].items():
+        assert torch.equal(resumed["state"][name], value), name
+    return checkpoint
