@@ -256,9 +256,6 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
             entailment_aperture=hp.entailment_aperture,
         )
 
-    def _world_size(self) -> int:
-        return self.trainer.world_size if self._trainer is not None else 1
-
     def _gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor [B, …]`` of every process, concatenated in rank order; this process's rows keep their gradient,
         the others' are constants (each process's gradients come from its own loss; the strategy averages them)."""
@@ -378,7 +375,7 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
         tokens = self.tokenize(captions)  # tokenised once, for the texts and for the matching pairs
         text = text_embeddings(self.blip2, **tokens)
         rqs = self.step_generator("rqs") if self.hparams.query_aggregation == "rqs" else None
-        gather = self._gather if self.hparams.gather_negatives and self._world_size() > 1 else None
+        gather = self._gather if self.hparams.gather_negatives and self.world_size() > 1 else None
         out = self.head(image, text, batch.get("image_ids"), rqs, gather)
         loss = out.loss
         size = len(captions)
@@ -386,7 +383,7 @@ class HyperbolicAlignmentModule(TrainableOnlyModule):
             itm = self.itm_loss(features, tokens, out, batch.get("image_ids"))
             self.log("train/loss_itm", itm.detach(), batch_size=size)
             loss = loss + self.hparams.itm_weight * itm
-        if not all_ranks_finite(loss, self.trainer.strategy if self._trainer is not None else None):
+        if not all_ranks_finite(loss, self.attached_strategy()):
             raise NonFiniteLossError(
                 f"non-finite loss ({float(loss.detach())}) at step {self.global_step}; training stopped. Lower "
                 "the learning rate, or check the embedding scale and curvature"

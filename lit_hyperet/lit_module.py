@@ -189,7 +189,7 @@ class HyperETLitModule(TrainableOnlyModule):
         """LM loss on the tokens the batch's ``labels`` mark."""
         # No KV cache in training: recomputed (checkpointed) layers would append to it a second time.
         out = self.llava(**self._model_inputs(batch), labels=batch["labels"], use_cache=False)
-        if all_ranks_finite(out.loss, self._strategy()):
+        if all_ranks_finite(out.loss, self.attached_strategy()):
             self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
             return out.loss
         self._non_finite("loss", float(out.loss.detach()))
@@ -216,12 +216,9 @@ class HyperETLitModule(TrainableOnlyModule):
             return
         norm = torch.nn.utils.get_total_norm(grads)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: the norm over all shards
-        if not all_ranks_finite(norm, self._strategy()):
+        if not all_ranks_finite(norm, self.attached_strategy()):
             self._non_finite("gradient norm", float(norm))
             _drop_gradients(optimizer)
-
-    def _strategy(self) -> Any:
-        return self.trainer.strategy if self._trainer is not None else None
 
     def _non_finite(self, what: str, value: float) -> None:
         """Stop (``NonFiniteLossError``) or count a skipped step, as ``non_finite`` says."""

@@ -60,6 +60,14 @@ class TrainableOnlyModule(pl.LightningModule):
         # Checkpoints hold only the trainable tensors; load_state_dict checks that exactly those are present.
         self.strict_loading = False
 
+    def attached_strategy(self) -> Any:
+        """The trainer's strategy, or ``None`` for a module used outside a trainer."""
+        return self.trainer.strategy if self._trainer is not None else None
+
+    def world_size(self) -> int:
+        """The number of training processes (1 outside a trainer)."""
+        return self.trainer.world_size if self._trainer is not None else 1
+
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
         cls,
